@@ -168,10 +168,11 @@ def _set(cfg: CfgNode, section: str, key: str, text: str, where: str) -> None:
         )
     node = cfg[section_u]
     if key_u not in node:
-        hint = _closest(key_u, node.keys())
-        if not hint:  # the key may live in another section
-            others = [f"{s}.{k}" for s in cfg for k in cfg[s] if k == key_u]
-            hint = f"; did you mean {others[0]}?" if others else ""
+        # The key may live in another section (an exact name wins over a near one).
+        others = [f"{s}.{k}" for s in cfg for k in cfg[s] if k == key_u]
+        hint = f"; did you mean {others[0]}?" if others else ""
+        if not hint:
+            hint = _closest(key_u, node.keys()).replace("mean ", f"mean {section_u}.")
         raise UserError(f"{where}: unknown key {section_u}.{key.strip()}{hint}")
     node[key_u] = _parse_value(f"{section_u}.{key_u}", text, node[key_u], where)
 
