@@ -55,6 +55,8 @@ _C.DATA.TEST_BATCH_SIZE = 128
 _C.DATA.CACHE = False
 # Folder of the decoded-image store; empty = $VIREID_CACHE or ~/.cache/vireid.
 _C.DATA.CACHE_DIR = ""
+# Open every image's header when the dataset is read (catches files that are not images); no = only check they exist.
+_C.DATA.VERIFY_IMAGES = True
 
 _C.MODEL = CN()
 # Device: auto (CUDA when available), cpu, cuda or cuda:N.
@@ -73,7 +75,7 @@ _C.MODEL.POOLING = "avg"
 _C.MODEL.GEM_P = 3.0
 # GeM: learn p (yes) or keep it fixed (no).
 _C.MODEL.GEM_LEARNABLE = True
-# Non-local blocks after the last blocks of each ResNet stage (layer1..layer4); AGW uses 0, 2, 3, 0.
+# Non-local blocks after the last blocks of each ResNet stage (layer1..layer4); AGW uses 0, 2, 3, 0. In a modality-specific stage each stream has its own.
 _C.MODEL.NON_LOCAL_BLOCKS = (0, 0, 0, 0)
 # Non-local inner width = channels // NON_LOCAL_REDUCTION.
 _C.MODEL.NON_LOCAL_REDUCTION = 2
@@ -103,7 +105,7 @@ _C.LOSS.METRIC_FEAT = "pool"
 _C.LOSS.WRT_WEIGHT = 1.0
 # Weight of the center loss.
 _C.LOSS.CENTER_WEIGHT = 0.0005
-# Learning rate of the class centres (plain SGD, as in the center-loss paper).
+# Update rate alpha of the class centres, by the center-loss paper's rule c -= alpha * sum(c - x) / (1 + n) (not the optimizer, not the schedule).
 _C.LOSS.CENTER_LR = 0.5
 # Weight of the modality-specific ID heads' cross-entropy (each head on its own modality).
 _C.LOSS.MODALITY_ID_WEIGHT = 1.0
@@ -131,7 +133,7 @@ _C.TRAIN.MOMENTUM = 0.9
 _C.TRAIN.NESTEROV = True
 # Weight decay of weights.
 _C.TRAIN.WEIGHT_DECAY = 0.0005
-# Weight decay of biases and normalisation parameters (0 = none, the usual choice).
+# Weight decay of biases, normalisation parameters and GeM's p; 0 = none.
 _C.TRAIN.WEIGHT_DECAY_BIAS = 0.0005
 # Learning-rate schedule: multistep or cosine, each after a linear warmup.
 _C.TRAIN.SCHEDULER = "multistep"

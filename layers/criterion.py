@@ -1,0 +1,201 @@
+"""The training criterion: a dict of weighted, named loss terms chosen by LOSS.TERMS."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from yacs.config import CfgNode
+
+from layers.metric import (
+    CenterLoss,
+    batch_hard_triplet,
+    mining_masks,
+    pairwise_distance,
+    weighted_regularized_triplet,
+)
+from utils.constants import INFRARED, VISIBLE
+from utils.errors import UserError
+
+Outputs = dict[str, torch.Tensor]
+
+# Terms that need the modality-specific ID heads (the model builds them when any is used).
+HEAD_TERMS = ("modality_id", "kl")
+
+
+def _head_logits(outputs: Outputs, term: str) -> torch.Tensor:
+    if "head_logits" not in outputs:
+        raise ValueError(f"loss term {term!r} needs outputs['head_logits']; "
+                         "build the model with the same LOSS.TERMS")
+    return outputs["head_logits"]
+
+
+class IdentityLoss(nn.Module):
+    """Cross-entropy of the shared classifier on every image, optional label smoothing."""
+
+    def __init__(self, label_smooth: float) -> None:
+        super().__init__()
+        self.label_smooth = label_smooth
+
+    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs["logits"].float(), pid, label_smoothing=self.label_smooth)
+
+
+class TripletTerm(nn.Module):
+    """Batch-hard triplet loss on ``outputs[feat_key]`` (see ``layers.metric``)."""
+
+    def __init__(self, margin: float, distance: str, mining: str, feat_key: str) -> None:
+        super().__init__()
+        self.margin, self.distance, self.mining, self.feat_key = margin, distance, mining, feat_key
+
+    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        dist = pairwise_distance(outputs[self.feat_key], self.distance)
+        pos, neg = mining_masks(pid, modality, self.mining)
+        return batch_hard_triplet(dist, pos, neg, self.margin)
+
+
+class WRTTerm(nn.Module):
+    """AGW's weighted regularized triplet on ``outputs[feat_key]``."""
+
+    def __init__(self, distance: str, mining: str, feat_key: str) -> None:
+        super().__init__()
+        self.distance, self.mining, self.feat_key = distance, mining, feat_key
+
+    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        dist = pairwise_distance(outputs[self.feat_key], self.distance)
+        pos, neg = mining_masks(pid, modality, self.mining)
+        return weighted_regularized_triplet(dist, pos, neg)
+
+
+class CenterTerm(nn.Module):
+    """Center loss on ``outputs[feat_key]``; the centres live in ``self.center``."""
+
+    def __init__(self, num_classes: int, feat_dim: int, alpha: float, feat_key: str) -> None:
+        super().__init__()
+        self.center = CenterLoss(num_classes, feat_dim, alpha)
+        self.feat_key = feat_key
+
+    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        return self.center(outputs[self.feat_key], pid)
+
+
+class ModalityIdentityLoss(nn.Module):
+    """Each modality head's cross-entropy on the images of its own modality.
+
+    The two per-head means are summed, as the source design adds a visible and
+    an infrared ID loss. A modality absent from the batch contributes nothing.
+    """
+
+    def __init__(self, label_smooth: float) -> None:
+        super().__init__()
+        self.label_smooth = label_smooth
+
+    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        logits = _head_logits(outputs, "modality_id").float()  # (2, B, C)
+        total = logits.sum() * 0.0
+        for head in (VISIBLE, INFRARED):
+            own = modality == head
+            if bool(own.any()):
+                total = total + F.cross_entropy(logits[head][own], pid[own],
+                                                label_smoothing=self.label_smooth)
+        return total
+
+
+class ModalityConsistencyLoss(nn.Module):
+    """KL consistency between the two modality heads (the source design).
+
+    On the images of each modality, the head of that modality (log-probabilities)
+    is pulled towards the other head's detached probabilities:
+    ``KL(p_other || p_own)``, averaged over those images; the two modalities'
+    terms are summed. Zero when the heads agree.
+    """
+
+    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        logits = _head_logits(outputs, "kl").float()  # (2, B, C)
+        total = logits.sum() * 0.0
+        for head, other in ((VISIBLE, INFRARED), (INFRARED, VISIBLE)):
+            own = modality == head
+            if bool(own.any()):
+                log_p = F.log_softmax(logits[head][own], dim=1)
+                target = F.log_softmax(logits[other][own].detach(), dim=1)
+                total = total + F.kl_div(log_p, target, reduction="batchmean", log_target=True)
+        return total
+
+
+def _id(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    return IdentityLoss(cfg.LOSS.LABEL_SMOOTH)
+
+
+def _triplet(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    return TripletTerm(cfg.LOSS.MARGIN, cfg.LOSS.TRIPLET_DISTANCE, cfg.LOSS.TRIPLET_MINING,
+                       _feat_key(cfg))
+
+
+def _wrt(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    return WRTTerm(cfg.LOSS.TRIPLET_DISTANCE, cfg.LOSS.TRIPLET_MINING, _feat_key(cfg))
+
+
+def _center(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    return CenterTerm(num_classes, feat_dim, cfg.LOSS.CENTER_LR, _feat_key(cfg))
+
+
+def _modality_id(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    return ModalityIdentityLoss(cfg.LOSS.LABEL_SMOOTH)
+
+
+def _kl(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    return ModalityConsistencyLoss()
+
+
+def _feat_key(cfg: CfgNode) -> str:
+    return "bn_feat" if cfg.LOSS.METRIC_FEAT == "bn" else "feat"
+
+
+# name in LOSS.TERMS -> (output key, builder, weight getter)
+LOSS_TERMS: dict[str, tuple[str, Callable[..., nn.Module], Callable[[CfgNode], float]]] = {
+    "id": ("loss_id", _id, lambda cfg: cfg.LOSS.ID_WEIGHT),
+    "triplet": ("loss_tri", _triplet, lambda cfg: cfg.LOSS.TRIPLET_WEIGHT),
+    "wrt": ("loss_wrt", _wrt, lambda cfg: cfg.LOSS.WRT_WEIGHT),
+    "center": ("loss_center", _center, lambda cfg: cfg.LOSS.CENTER_WEIGHT),
+    "modality_id": ("loss_modality_id", _modality_id, lambda cfg: cfg.LOSS.MODALITY_ID_WEIGHT),
+    "kl": ("loss_kl", _kl, lambda cfg: cfg.LOSS.KL_WEIGHT),
+}
+
+
+class Criterion(nn.Module):
+    """Weighted sum of named terms, returned unsummed so each one can be logged.
+
+    Call ``criterion(outputs, pid, modality)`` with the model's training outputs
+    (``feat``, ``bn_feat``, ``logits`` (B, C) and, for the head terms,
+    ``head_logits`` (2, B, C)), pid (B,) and modality (B,). Returns
+    ``{'loss_id': ..., 'loss_tri': ..., ...}`` of weighted scalar tensors.
+    """
+
+    def __init__(self, terms: dict[str, tuple[nn.Module, float]]) -> None:
+        super().__init__()
+        self.terms = nn.ModuleDict({key: module for key, (module, _) in terms.items()})
+        self.weights = {key: weight for key, (_, weight) in terms.items()}
+
+    def forward(self, outputs: Outputs, pid: torch.Tensor,
+                modality: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {key: self.weights[key] * term(outputs, pid, modality)
+                for key, term in self.terms.items()}
+
+
+def build_criterion(cfg: CfgNode, num_classes: int, feat_dim: int) -> Criterion:
+    """Build the criterion of ``cfg.LOSS.TERMS``.
+
+    Raises:
+        UserError: an unknown or repeated term name.
+    """
+    terms: dict[str, tuple[nn.Module, float]] = {}
+    for name in cfg.LOSS.TERMS:
+        if name not in LOSS_TERMS:
+            raise UserError(f"LOSS.TERMS has unknown loss {name!r}; valid losses: "
+                            f"{', '.join(LOSS_TERMS)}")
+        key, builder, weight = LOSS_TERMS[name]
+        if key in terms:
+            raise UserError(f"LOSS.TERMS names {name!r} twice")
+        terms[key] = (builder(cfg, num_classes, feat_dim), float(weight(cfg)))
+    return Criterion(terms)

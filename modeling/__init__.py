@@ -1,0 +1,37 @@
+"""Model construction: ``build_model(cfg, num_classes)``."""
+from __future__ import annotations
+
+from yacs.config import CfgNode
+
+from layers.criterion import HEAD_TERMS
+from layers.pooling import GeneralizedMeanPooling, GlobalAvgPooling
+from modeling.backbone import STAGES, build_resnet, feature_dim, resnet_stages
+from modeling.model import VIReIDNet
+
+__all__ = ["STAGES", "VIReIDNet", "build_model"]
+
+
+def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
+    """Build the network of ``cfg.MODEL`` for ``num_classes`` training identities.
+
+    The modality heads are built when LOSS.TERMS has ``modality_id`` or ``kl``.
+    Non-local blocks in a modality-specific stage are specific too (each stream
+    gets its own copy, like the rest of that stage).
+
+    Raises:
+        UserError: bad MODEL settings or pretrained weights that cannot be loaded.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    resnet = build_resnet(cfg)
+    stages = resnet_stages(resnet, tuple(cfg.MODEL.NON_LOCAL_BLOCKS),
+                           cfg.MODEL.NON_LOCAL_REDUCTION)
+    if cfg.MODEL.POOLING == "gem":
+        pool = GeneralizedMeanPooling(cfg.MODEL.GEM_P, learnable=cfg.MODEL.GEM_LEARNABLE)
+    else:
+        pool = GlobalAvgPooling()
+    with_heads = any(term in cfg.LOSS.TERMS for term in HEAD_TERMS)
+    return VIReIDNet(stages, cfg.MODEL.SHARED_FROM, feature_dim(resnet), num_classes, pool,
+                     fc_bias=cfg.MODEL.FC_BIAS,
+                     head_dim=cfg.MODEL.HEAD_DIM if with_heads else None,
+                     test_feat=cfg.TEST.FEAT)

@@ -1,0 +1,64 @@
+"""Optimizer with learning-rate groups: backbone, new layers, modality heads."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from utils.errors import UserError
+
+
+def _param_groups(cfg: CfgNode, model: nn.Module, criterion: nn.Module) -> list[dict]:
+    named = model.named_parameter_groups()
+    trainable_criterion = [(n, p) for n, p in criterion.named_parameters() if p.requires_grad]
+    if trainable_criterion:
+        named = {**named, "criterion": trainable_criterion}
+    factors = {"backbone": 1.0, "new": cfg.TRAIN.NEW_LR_FACTOR,
+               "head": cfg.TRAIN.HEAD_LR_FACTOR, "criterion": cfg.TRAIN.NEW_LR_FACTOR}
+    groups = []
+    for group, params in named.items():
+        lr = cfg.TRAIN.BASE_LR * factors[group]
+        # Weights decay at WEIGHT_DECAY; biases, norm scales and GeM's p (all 1-d)
+        # at WEIGHT_DECAY_BIAS.
+        weights = [p for _, p in params if p.ndim > 1]
+        others = [p for _, p in params if p.ndim <= 1]
+        if weights:
+            groups.append({"name": group, "params": weights, "lr": lr,
+                           "weight_decay": cfg.TRAIN.WEIGHT_DECAY})
+        if others:
+            groups.append({"name": f"{group}_bias", "params": others, "lr": lr,
+                           "weight_decay": cfg.TRAIN.WEIGHT_DECAY_BIAS})
+    return groups
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module, criterion: nn.Module) -> torch.optim.Optimizer:
+    """Build TRAIN.OPTIMIZER over the model's (and criterion's) trainable parameters.
+
+    Groups (named in each group's ``'name'``): ``backbone`` at TRAIN.BASE_LR,
+    ``new`` (non-local, pooling, BNNeck, classifier) at BASE_LR x NEW_LR_FACTOR,
+    ``head`` (modality heads) at BASE_LR x HEAD_LR_FACTOR; each split into
+    weights (WEIGHT_DECAY) and ``*_bias`` (biases and norm parameters,
+    WEIGHT_DECAY_BIAS). Center-loss centres are not optimizer parameters (they
+    follow their own update rule, see ``layers.metric.CenterLoss``); any other
+    trainable criterion parameter goes to a ``criterion`` group at the new-layer rate.
+
+    Args:
+        model: a ``modeling.VIReIDNet`` (needs ``named_parameter_groups()``).
+        criterion: the ``layers.Criterion``.
+
+    Raises:
+        UserError: NESTEROV without momentum.
+    """
+    groups = _param_groups(cfg, model, criterion)
+    kind = cfg.TRAIN.OPTIMIZER
+    momentum = cfg.TRAIN.MOMENTUM
+    if kind == "sgd":
+        if cfg.TRAIN.NESTEROV and momentum <= 0:
+            raise UserError("TRAIN.NESTEROV = yes needs TRAIN.MOMENTUM > 0")
+        return torch.optim.SGD(groups, lr=cfg.TRAIN.BASE_LR, momentum=momentum,
+                               nesterov=cfg.TRAIN.NESTEROV)
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=cfg.TRAIN.BASE_LR, betas=(momentum, 0.999))
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.TRAIN.BASE_LR, betas=(momentum, 0.999))
+    raise UserError(f"TRAIN.OPTIMIZER = {kind!r} is not one of sgd, adam, adamw")
