@@ -1,0 +1,221 @@
+"""Image decoding and the train / test transforms.
+
+Every image is first decoded to RGB and resized to the split's size
+(``load_image``): that is the step the decoded cache stores. The random
+training operations then run on the uint8 array with a ``numpy`` Generator the
+caller seeds per sample, so cached and decoded loading, any number of workers
+and a resumed run all produce the same tensors.
+
+Each transform works in two halves. ``sample`` runs in the loader's workers:
+the uint8 operations (crop, flip, grayscale) and the draw of the parameters of
+the float operations. ``finish`` runs once per batch, where the batch arrives
+(in the main process, or on the GPU): normalisation, random erasing and
+channel augmentation. Workers thus pass uint8 images, a quarter of the bytes
+of float ones; ``__call__`` chains both halves for one image.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+from yacs.config import CfgNode
+
+from utils.constants import INFRARED, VISIBLE
+from utils.errors import UserError
+
+# CAJ's gray channel on the normalised tensor.
+_GRAY = (0.2989, 0.5870, 0.1140)
+
+
+def load_image(path: str, size: tuple[int, int]) -> np.ndarray:
+    """Decode ``path`` as RGB (single-channel images replicated) and resize.
+
+    Args:
+        path: image file.
+        size: (height, width).
+
+    Returns:
+        (H, W, 3) uint8 array.
+
+    Raises:
+        UserError: missing or undecodable file.
+    """
+    h, w = size
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.BILINEAR)
+            return np.asarray(im)
+    except FileNotFoundError:
+        raise UserError(f"image {path} not found") from None
+    except Exception as exc:  # PIL raises many types for a broken file
+        raise UserError(f"image {path} does not decode as an image "
+                        f"({type(exc).__name__}: {exc})") from None
+
+
+def to_chw(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 array (any strides) -> contiguous (3, H, W) uint8 tensor."""
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+    if not chw.flags.writeable:  # torch.from_numpy warns on read-only arrays
+        chw = chw.copy()
+    return torch.from_numpy(chw)
+
+
+class Normalize:
+    """(..., 3, H, W) uint8 -> float32 normalised with the config's mean and std (any device)."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        mean = torch.tensor(cfg.DATA.NORMALIZATION_MEAN, dtype=torch.float32) * 255
+        std = torch.tensor(cfg.DATA.NORMALIZATION_STD, dtype=torch.float32) * 255
+        self.mean = mean.view(3, 1, 1)
+        self.inv_std = (1.0 / std).view(3, 1, 1)
+
+    def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
+        mean, inv_std = self.mean.to(imgs.device), self.inv_std.to(imgs.device)
+        return imgs.float().sub_(mean).mul_(inv_std)
+
+
+class EvalTransform:
+    """Test transform: the image is already resized; normalise, optionally mirror.
+
+    Args:
+        cfg: the configuration.
+        flip: mirror every image (test-time augmentation).
+    """
+
+    def __init__(self, cfg: CfgNode, flip: bool = False) -> None:
+        self.normalize = Normalize(cfg)
+        self.flip = flip
+
+    def sample(self, img: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 array -> (3, H, W) uint8 tensor, mirrored when ``flip``."""
+        return to_chw(img[:, ::-1] if self.flip else img)
+
+    def finish(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 -> normalised float."""
+        return self.normalize(imgs)
+
+    def __call__(self, img: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, H, W) float."""
+        return self.finish(self.sample(img))
+
+
+class TrainTransform:
+    """Training augmentations, in order: pad + random crop, horizontal flip, random
+    grayscale (probability per modality), normalisation, random erasing, CAJ
+    channel augmentation.
+
+    Channel augmentation (CAJ's ChannelAdapGray) picks one of R, G, B or the
+    gray value of the normalised tensor and copies it to all three channels, for
+    visible and infrared images alike. Random erasing fills the box with 0 in
+    normalised space, i.e. with the dataset mean colour.
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        d = cfg.DATA
+        self.size = tuple(d.SIZE_TRAIN)
+        self.padding = d.PADDING
+        self.flip_prob = d.FLIP_PROB
+        self.gray_prob = {VISIBLE: d.GRAY_PROB_VISIBLE, INFRARED: d.GRAY_PROB_INFRARED}
+        self.channel_prob = d.CHANNEL_AUG_PROB
+        self.re_prob = d.RE_PROB
+        if len(d.RE_AREA) != 2 or not 0 < d.RE_AREA[0] <= d.RE_AREA[1] <= 1:
+            raise UserError(f"DATA.RE_AREA = {d.RE_AREA} must be two fractions 0 < min <= max <= 1")
+        if not 0 < d.RE_MIN_RATIO <= 1:
+            raise UserError(f"DATA.RE_MIN_RATIO = {d.RE_MIN_RATIO} must be in (0, 1]")
+        self.re_area = tuple(d.RE_AREA)
+        self.re_log_ratio = (math.log(d.RE_MIN_RATIO), -math.log(d.RE_MIN_RATIO))
+        self.normalize = Normalize(cfg)
+
+    def pad_crop(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Zero-pad by PADDING on every side and crop a random window of the original size."""
+        p = self.padding
+        if p == 0:
+            return img
+        h, w = img.shape[:2]
+        dy, dx = (int(v) - p for v in rng.integers(0, 2 * p + 1, size=2))
+        out = np.zeros(img.shape, dtype=img.dtype)
+        # Source rows [dy, dy + h) of the unpadded image land on out rows [0, h).
+        sy0, sy1 = max(dy, 0), min(dy + h, h)
+        sx0, sx1 = max(dx, 0), min(dx + w, w)
+        out[sy0 - dy:sy1 - dy, sx0 - dx:sx1 - dx] = img[sy0:sy1, sx0:sx1]
+        return out
+
+    @staticmethod
+    def grayscale(img: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> the same shape with three equal luma channels.
+
+        PIL's ITU-R 601-2 luma, the grayscale of torchvision's RandomGrayscale.
+        """
+        gray = Image.fromarray(np.ascontiguousarray(img)).convert("L").convert("RGB")
+        return np.asarray(gray)
+
+    def erase_box(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(y, x, height, width) of a box of area RE_AREA and aspect in
+        [RE_MIN_RATIO, 1/RE_MIN_RATIO]; height 0 when 10 tries found none that fits."""
+        for _ in range(10):
+            area = h * w * rng.uniform(*self.re_area)
+            ratio = math.exp(rng.uniform(*self.re_log_ratio))
+            eh, ew = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+            if 0 < eh < h and 0 < ew < w:
+                return int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1)), eh, ew
+        return 0, 0, 0, 0
+
+    def sample(self, img: np.ndarray, modality: int, rng: np.random.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 half, run by the workers.
+
+        Args:
+            img: (H, W, 3) uint8, already resized to SIZE_TRAIN.
+            modality: VISIBLE or INFRARED.
+            rng: the sample's random generator (the only source of randomness).
+
+        Returns:
+            (3, H, W) uint8 tensor and the (5,) long parameters of ``finish``: the
+            erasing box (y, x, height, width; height 0 = none) and the channel
+            choice (0..2 = R, G, B, 3 = gray, -1 = none).
+        """
+        if img.shape[:2] != self.size:
+            raise ValueError(f"expected a {self.size} image, got {img.shape[:2]}")
+        img = self.pad_crop(img, rng)
+        if rng.random() < self.flip_prob:
+            img = img[:, ::-1]
+        if rng.random() < self.gray_prob[modality]:
+            img = self.grayscale(img)
+        box = (0, 0, 0, 0)
+        if rng.random() < self.re_prob:
+            box = self.erase_box(*self.size, rng)
+        channel = int(rng.integers(0, 4)) if rng.random() < self.channel_prob else -1
+        return to_chw(img), torch.tensor([*box, channel], dtype=torch.long)
+
+    def finish(self, imgs: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """The float half, once per batch: normalise, erase, channel augmentation.
+
+        Args:
+            imgs: (B, 3, H, W) uint8 from ``sample``, on any device.
+            params: (B, 5) long from ``sample``.
+
+        Returns:
+            (B, 3, H, W) float32 on the device of ``imgs``.
+        """
+        t = self.normalize(imgs)
+        for i, (y, x, h, w, choice) in enumerate(params.tolist()):
+            if h:
+                t[i, :, y:y + h, x:x + w] = 0
+            if choice < 0:
+                continue
+            if choice < 3:
+                src = t[i, choice].clone()
+            else:
+                src = _GRAY[0] * t[i, 0] + _GRAY[1] * t[i, 1] + _GRAY[2] * t[i, 2]
+            t[i] = src
+        return t
+
+    def __call__(self, img: np.ndarray, modality: int, rng: np.random.Generator
+                 ) -> torch.Tensor:
+        """Augment one image: (H, W, 3) uint8 -> (3, H, W) float32 (see ``sample``)."""
+        chw, params = self.sample(img, modality, rng)
+        return self.finish(chw[None], params[None])[0]
