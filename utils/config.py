@@ -186,7 +186,8 @@ def _set(cfg: CfgNode, section: str, key: str, text: str, where: str) -> None:
         if not hint:
             hint = _closest(key_u, node.keys()).replace("mean ", f"mean {section_u}.")
         raise UserError(f"{where}: unknown key {section_u}.{key.strip()}{hint}")
-    node[key_u] = _parse_value(f"{section_u}.{key_u}", text, node[key_u], where)
+    # The type comes from the default, not the current value (which may be an empty tuple).
+    node[key_u] = _parse_value(f"{section_u}.{key_u}", text, _C[section_u][key_u], where)
 
 
 def _check(cfg: CfgNode, where: str) -> None:

@@ -153,9 +153,9 @@ _C.TRAIN.MAX_EPOCHS = 120
 _C.TRAIN.ITERS_PER_EPOCH = 0
 # Save last.pth every this many epochs (and always at the end).
 _C.TRAIN.CHECKPOINT_PERIOD = 10
-# Evaluate on the selection split every this many epochs; 0 = only at the end.
+# Evaluate every this many epochs: on the selection split (SELECT val/test), else for monitoring only (val ids when held out, else test); 0 = only at the end.
 _C.TRAIN.EVAL_PERIOD = 10
-# Log a line every this many iterations when output is not a terminal.
+# Log a line every this many iterations when output is not a terminal (a tqdm bar otherwise), and write per-iteration TensorBoard scalars.
 _C.TRAIN.LOG_PERIOD = 50
 # Model selection: last (final epoch), val (SYSU val ids held out) or test (best epoch on the test set; labelled as such).
 _C.TRAIN.SELECT = "last"
@@ -163,7 +163,7 @@ _C.TRAIN.SELECT = "last"
 _C.TRAIN.AMP = True
 # channels_last memory format on CUDA; ignored on CPU.
 _C.TRAIN.CHANNELS_LAST = True
-# Convert BatchNorm to SyncBatchNorm in multi-GPU runs.
+# Convert BatchNorm to SyncBatchNorm in multi-GPU runs; ignored on CPU and in single-process runs.
 _C.TRAIN.SYNC_BN = False
 
 _C.TEST = CN()

@@ -75,7 +75,8 @@ def ranked_sheet(
     for row, (qpath, qpid) in enumerate(zip(query_paths, query_pids)):
         y = pad + row * (h + label_h + pad)
         paste(qpath, pad, y, BLUE, f"q id {qpid}")
-        order = np.argsort(distmat[row], kind="stable")[:topk]
+        order = np.argsort(distmat[row], kind="stable")
+        order = order[np.isfinite(distmat[row][order])][:topk]  # drop entries a rule removed
         for col, g in enumerate(order, start=1):
             colour = GREEN if gallery_pids[g] == qpid else RED
             paste(gallery_paths[g], pad + col * (w + pad), y, colour, f"{distmat[row, g]:.3f}")

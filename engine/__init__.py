@@ -1,0 +1,1 @@
+"""Training loop, checkpoints, evaluation protocols and testing."""

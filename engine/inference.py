@@ -1,0 +1,107 @@
+"""Feature extraction and distances for evaluation."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from yacs.config import CfgNode
+
+from data.base import ImageRecord
+from data.build import make_test_loader
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def extract_features(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
+                     num_images: int, device: torch.device, flip: bool = False,
+                     amp: bool = True, channels_last: bool = True) -> torch.Tensor:
+    """Eval-mode features of every image a test loader yields.
+
+    Runs under ``torch.inference_mode()``; on CUDA with autocast (bf16 where
+    supported, else fp16) when ``amp`` and channels_last inputs when
+    ``channels_last``. The model's training flag is restored afterwards.
+
+    Args:
+        model: returns (B, D) features from ``model(img, modality)`` in eval mode.
+        loader: yields dicts with ``img`` (B, 3, H, W), ``modality`` (B,) and
+            ``index`` (B,) (position of the image in its record list).
+        num_images: number of images (rows of the output).
+        device: where the model and the features live.
+        flip: average each image's feature with its horizontal mirror's.
+
+    Returns:
+        (num_images, D) float32 features on ``device``, row i = image index i.
+    """
+    was_training = model.training
+    model.eval()
+    feats: torch.Tensor | None = None
+    seen = torch.zeros(num_images, dtype=torch.bool)
+    try:
+        with torch.inference_mode(), _autocast(device, amp):
+            for batch in loader:
+                img = batch["img"].to(device, non_blocking=True)
+                if channels_last and device.type == "cuda":
+                    img = img.contiguous(memory_format=torch.channels_last)
+                modality = batch["modality"].to(device, non_blocking=True)
+                out = model(img, modality).float()
+                if flip:
+                    out = (out + model(torch.flip(img, dims=[3]), modality).float()) / 2
+                if feats is None:
+                    feats = torch.empty((num_images, out.shape[1]), dtype=torch.float32,
+                                        device=device)
+                index = batch["index"].long()
+                feats[index.to(device)] = out
+                seen[index] = True
+    finally:
+        model.train(was_training)
+    if feats is None or not bool(seen.all()):
+        missing = int((~seen).sum())
+        raise RuntimeError(f"the test loader yielded no feature for {missing} of "
+                           f"{num_images} images")
+    return feats
+
+
+def extract_record_features(cfg: CfgNode, model: nn.Module, records: Sequence[ImageRecord],
+                            device: torch.device, name: str = "test") -> torch.Tensor:
+    """Features of ``records`` through ``data.build.make_test_loader``.
+
+    TEST.FLIP applies; TRAIN.AMP and TRAIN.CHANNELS_LAST apply on CUDA.
+    ``name`` labels the record list (decoded-cache file name, messages).
+
+    Returns:
+        (len(records), D) float32 features on ``device``.
+    """
+    loader = make_test_loader(cfg, list(records), split=name)
+    return extract_features(model, loader, len(records), device, flip=cfg.TEST.FLIP,
+                            amp=cfg.TRAIN.AMP, channels_last=cfg.TRAIN.CHANNELS_LAST)
+
+
+def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean",
+                      normalize: bool = True) -> torch.Tensor:
+    """Distances between two feature sets (smaller is closer).
+
+    Args:
+        x: (M, D) features; y: (N, D) features.
+        metric: ``euclidean`` (squared) or ``cosine`` (1 - cosine similarity).
+        normalize: L2-normalise the features first (TEST.NORM).
+
+    Returns:
+        (M, N) float32 distances on ``x``'s device.
+    """
+    x, y = x.float(), y.float()
+    if normalize:
+        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    if metric == "cosine":
+        return 1 - F.normalize(x, dim=1) @ F.normalize(y, dim=1).t()
+    if metric != "euclidean":
+        raise ValueError(f"unknown distance {metric!r}: expected euclidean or cosine")
+    sq = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1)[None]
+    return sq.addmm_(x, y.t(), beta=1, alpha=-2).clamp_(min=0)

@@ -1,0 +1,183 @@
+"""What the training scripts do: one run = train, select, test with the dataset's protocol.
+
+``train_regdb.py`` trains one model per RegDB trial into ``OUTPUT_PATH/trial_<n>/``
+(several trials add ``summary.txt`` / ``summary.json``); ``train_sysumm.py`` and
+``train_llcm.py`` train one model into ``OUTPUT_PATH``. Every run folder gets
+``config.ini``, ``log.txt``, ``metrics.jsonl``, ``last.pth`` (``best.pth`` when
+selecting on val or test), TensorBoard scalars and ``results.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from yacs.config import CfgNode
+
+import data
+from engine.cli import AUTO, parse_train_args, parse_trials, require_dataset, train_parser
+from engine.distributed import (
+    DistInfo,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
+from engine.evaluate import evaluate, format_tables
+from engine.logger import close_logger, setup_logger
+from engine.selection import PURPOSE, periodic_evaluation
+from engine.summary import format_summary, summary_table
+from engine.tester import merge_regdb_trials
+from engine.trainer import Trainer
+from utils.config import config_to_ini
+from utils.errors import UserError
+from utils.io import atomic_write_text
+
+log = logging.getLogger("engine")
+
+
+def with_values(cfg: CfgNode, **values: Any) -> CfgNode:
+    """A frozen copy of ``cfg`` with ``SECTION__KEY=value`` replaced."""
+    out = cfg.clone()
+    out.defrost()
+    for name, value in values.items():
+        section, key = name.split("__")
+        out[section][key] = value
+    out.freeze()
+    return out
+
+
+def resolve_resume(resume: str | None, cfg: CfgNode, optional: bool = False) -> Path | None:
+    """``--resume`` -> checkpoint path (``auto`` = the run folder's last.pth).
+
+    Args:
+        optional: with ``auto``, a missing last.pth means a fresh start (several
+            RegDB trials, some not begun yet) instead of an error.
+    """
+    if resume is None:
+        return None
+    if resume != AUTO:
+        return Path(resume)
+    path = Path(cfg.TRAIN.OUTPUT_PATH) / "last.pth"
+    if path.is_file():
+        return path
+    if optional:
+        return None
+    raise UserError(f"--resume: no checkpoint to resume at {path} (TRAIN.OUTPUT_PATH); "
+                    "give the checkpoint's path or start without --resume")
+
+
+def train_and_test(cfg: CfgNode, resume: Path | None, info: DistInfo,
+                   device: torch.device) -> dict[str, Any] | None:
+    """Train one model into ``cfg.TRAIN.OUTPUT_PATH`` and test the selected checkpoint.
+
+    Returns:
+        On rank 0 the results dict also written to ``results.json``; None elsewhere.
+    """
+    out = Path(cfg.TRAIN.OUTPUT_PATH)
+    setup_logger(out if info.is_main else None, info.rank)
+    try:
+        dataset = data.build_dataset(cfg, verbose=False)
+        log.info(dataset.describe())
+        if resume is None and (out / "last.pth").is_file() and info.is_main:
+            log.warning(f"{out} holds an earlier run: starting afresh replaces its checkpoints "
+                        "and metrics (use --resume to continue it)")
+        trainer = Trainer(cfg, dataset, device, info, periodic_evaluation(cfg, dataset, device))
+        if resume is not None:
+            trainer.resume(resume)
+        else:
+            trainer.metrics.truncate_after(0)
+            if info.is_main:  # a best.pth of an earlier run must not pass for this run's
+                (out / "best.pth").unlink(missing_ok=True)
+        fit = trainer.fit()
+        results = None
+        if info.is_main:
+            model = trainer.load_selected(fit)
+            note = {"last": "final epoch", "val": PURPOSE["val"],
+                    "test": PURPOSE["test"]}[cfg.TRAIN.SELECT]
+            log.info(f"testing {fit.selected_path.name} (epoch {fit.selected_epoch}, "
+                     f"selection: {cfg.TRAIN.SELECT}, {note})")
+            with torch.no_grad():
+                res = evaluate(cfg, model, dataset, split="test", device=device,
+                               log=log.info)
+            results = {"checkpoint": str(fit.selected_path),
+                       "selection": {"select": cfg.TRAIN.SELECT, "epoch": fit.selected_epoch,
+                                     "note": note, "best_metric": fit.best_metric},
+                       **res, "config": config_to_ini(cfg)}
+            atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+            log.info(format_tables(res))
+            if cfg.TRAIN.SELECT == "test":
+                log.info("note: the checkpoint was selected on the test set")
+            log.info(f"results written to {out / 'results.json'}")
+        barrier()
+        return results
+    except UserError as exc:
+        log.error(f"error: {exc}", extra={"file_only": True})
+        raise
+    finally:
+        close_logger()
+
+
+def _main(script: str, dataset_names: tuple[str, ...], title: str,
+          argv: Sequence[str] | None) -> int:
+    trials_flag = dataset_names == ("regdb",)
+    args, cfg = parse_train_args(train_parser(script, title, trials=trials_flag), argv)
+    require_dataset(cfg, dataset_names, script)
+    info, device = init_distributed(cfg)
+    try:
+        if not trials_flag:
+            train_and_test(cfg, resolve_resume(args.resume, cfg), info, device)
+            return 0
+        run_regdb_trials(cfg, parse_trials(args.trial, cfg.DATA.TRIAL), args.resume,
+                         info, device)
+        return 0
+    finally:
+        shutdown_distributed()
+
+
+def run_regdb_trials(cfg: CfgNode, trials: list[int], resume: str | None, info: DistInfo,
+                     device: torch.device) -> dict[str, Any] | None:
+    """One model per trial into OUTPUT_PATH/trial_<n>/; several trials add the summary.
+
+    Returns:
+        On rank 0 with several trials, the summary dict (also in summary.json).
+    """
+    root = Path(cfg.TRAIN.OUTPUT_PATH)
+    if resume not in (None, AUTO) and len(trials) > 1:
+        raise UserError("--resume PATH names one checkpoint; with several trials use "
+                        "--resume without a value (each trial's last.pth)")
+    per_trial = []
+    for t in trials:
+        tcfg = with_values(cfg, DATA__TRIAL=t, TRAIN__OUTPUT_PATH=str(root / f"trial_{t}"))
+        results = train_and_test(tcfg, resolve_resume(resume, tcfg, optional=len(trials) > 1),
+                                 info, device)
+        per_trial.append(results)
+    if len(trials) < 2 or not info.is_main:
+        return None
+    merged = merge_regdb_trials(per_trial)
+    table = summary_table(merged)
+    text = format_summary(table, trials, f"RegDB, one model per trial ({root})")
+    summary = {"trials": trials, "checkpoints": [r["checkpoint"] for r in per_trial],
+               "selection": per_trial[0]["selection"]["select"], "std": "sample (ddof=1)",
+               "summary": table, "results": merged}
+    atomic_write_text(root / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(root / "summary.txt", text)
+    print(text, end="")
+    return summary
+
+
+def main_regdb(argv: Sequence[str] | None = None) -> int:
+    """``train_regdb.py``."""
+    return _main("train_regdb.py", ("regdb",), "RegDB", argv)
+
+
+def main_sysumm(argv: Sequence[str] | None = None) -> int:
+    """``train_sysumm.py``."""
+    return _main("train_sysumm.py", ("sysumm",), "SYSU-MM01", argv)
+
+
+def main_llcm(argv: Sequence[str] | None = None) -> int:
+    """``train_llcm.py``."""
+    return _main("train_llcm.py", ("llcm",), "LLCM", argv)

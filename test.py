@@ -1,0 +1,66 @@
+"""Evaluate trained checkpoints with the official protocol of their dataset.
+
+    python test.py --model_path out/best.pth [--config c.ini] [--trial N|all]
+        [--mode all|indoor] [--shots 1|10] [--gallery official|random]
+        [--output results.json] [--save_features feats.npz] [--device cpu|cuda]
+        [--visualize DIR] [KEY VALUE ...]
+
+RegDB, one model per trial: ``--model_path 'out/trial_{trial}/best.pth' --trial all``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from utils.errors import cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``test.py``."""
+    p = argparse.ArgumentParser(
+        prog="test.py",
+        description="Test a checkpoint with its dataset's protocol (SYSU-MM01: all/indoor "
+                    "search x single/multi-shot over 10 galleries; RegDB: both directions; "
+                    "LLCM: both directions over 10 galleries). Prints one table per setting.",
+        epilog="Overrides are KEY VALUE pairs, e.g. DATA.ROOT /data/SYSU-MM01 TEST.FLIP yes. "
+               "The checkpoint's saved config is used unless --config is given; MODEL keys "
+               "must match the checkpoint either way.")
+    p.add_argument("--model_path", required=True,
+                   help="checkpoint file; may contain {trial} (RegDB, with --trial)")
+    p.add_argument("--config", default=None,
+                   help=".ini file replacing the checkpoint's saved config (same MODEL keys)")
+    p.add_argument("--trial", default=None, metavar="N|all",
+                   help="RegDB: the split (default DATA.TRIAL), all = 10 per-trial models; "
+                        "SYSU-MM01/LLCM: one gallery trial (default all TEST.NUM_TRIALS)")
+    p.add_argument("--mode", choices=("all", "indoor"), default=None,
+                   help="SYSU-MM01 search mode (default both)")
+    p.add_argument("--shots", type=int, choices=(1, 10), default=None,
+                   help="SYSU-MM01 gallery images per id per camera (default both)")
+    p.add_argument("--gallery", choices=("official", "random"), default=None,
+                   help="SYSU-MM01 gallery sampling (default TEST.GALLERY)")
+    p.add_argument("--output", default=None, help="write the figures as JSON here")
+    p.add_argument("--save_features", default=None,
+                   help="write the features, ids, cameras and paths (.npz) here")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default MODEL.DEVICE)")
+    p.add_argument("--visualize", default=None, metavar="DIR",
+                   help="write cmc.png and a ranked-results sheet per setting into DIR")
+    p.add_argument("overrides", nargs="*", metavar="KEY VALUE", help="configuration overrides")
+    return p
+
+
+@cli_entry
+def main() -> None:
+    """Entry point."""
+    args = build_parser().parse_intermixed_args(sys.argv[1:])
+    # Imported after parsing so that --help and option errors answer at once.
+    from engine.tester import TestOptions, run_test
+
+    run_test(TestOptions(model_path=args.model_path, config=args.config, trial=args.trial,
+                         mode=args.mode, shots=args.shots, gallery=args.gallery,
+                         output=args.output, save_features=args.save_features,
+                         device=args.device, visualize=args.visualize,
+                         overrides=list(args.overrides)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""Train on RegDB, one model per trial, and test each on its trial in both directions.
+
+    python train_regdb.py --config configs/res50_regdb_all.ini [--trial N|N,M|all]
+        [--resume [PATH]] [KEY VALUE ...]
+"""
+from engine.launch import main_regdb
+from utils.errors import cli_entry
+
+if __name__ == "__main__":
+    cli_entry(main_regdb)()
