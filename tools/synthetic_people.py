@@ -25,12 +25,13 @@ BG, SKIN, HAIR, HAT, UPPER_A, UPPER_B, LOWER_A, LOWER_B, SHOES, BAG, PACK = rang
 NUM_LABELS = 11
 
 # Material -> (thermal intensity, near-infrared reflectance). Thermal cameras see
-# heat (skin brightest); active near-infrared cameras see reflectance.
+# heat (skin brightest); active near-infrared cameras see reflectance. The two
+# orders agree loosely, so a fabric keeps its rough lightness in either kind.
 MATERIALS = {
-    "skin": (0.95, 0.78), "hair": (0.55, 0.30), "cotton": (0.72, 0.85),
-    "denim": (0.60, 0.45), "wool": (0.48, 0.66), "polyester": (0.80, 0.22),
-    "leather": (0.36, 0.12), "nylon": (0.26, 0.58), "rubber": (0.20, 0.08),
-    "fleece": (0.88, 0.95),
+    "skin": (0.95, 0.78), "hair": (0.40, 0.30), "cotton": (0.78, 0.85),
+    "denim": (0.50, 0.45), "wool": (0.62, 0.66), "polyester": (0.30, 0.22),
+    "leather": (0.18, 0.12), "nylon": (0.52, 0.58), "rubber": (0.12, 0.08),
+    "fleece": (0.90, 0.95),
 }
 MATERIAL_NAMES = tuple(MATERIALS)
 _IR_TABLE = {
@@ -39,6 +40,7 @@ _IR_TABLE = {
 }
 _CLOTH = ("cotton", "denim", "wool", "polyester", "leather", "nylon", "fleece")
 _SUPERSAMPLE = 2
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma weights
 
 # Seed-sequence tags keep the random streams of genomes, images and cameras apart.
 TAG_GENOME, TAG_IMAGE, TAG_CAMERA = 11, 12, 13
@@ -91,6 +93,24 @@ def _hsv(rng: np.random.Generator, s: tuple[float, float], v: tuple[float, float
     return (r, g, b)
 
 
+def _dyed(rng: np.random.Generator, material: int) -> tuple[float, float, float]:
+    """A dye of random hue whose luminance loosely follows the material's IR intensity.
+
+    Reflective fabrics tend to look light in both kinds of light; the hue itself
+    carries nothing across modalities.
+    """
+    ir = float(np.mean([t[material] for t in _IR_TABLE.values()]))
+    target = float(np.clip(0.05 + 0.85 * ir + rng.uniform(-0.06, 0.06), 0.05, 0.95))
+    hue, sat = rng.random(), rng.uniform(0.1, 0.9)
+    while True:  # the most saturated colour of that hue reaching the target luminance
+        rgb = np.array(colorsys.hsv_to_rgb(hue, sat, 1.0))
+        rgb = rgb * target / float(rgb @ _LUMA)
+        if rgb.max() <= 1.0 or sat < 0.02:
+            r, g, b = np.clip(rgb, 0.0, 1.0)
+            return (float(r), float(g), float(b))
+        sat *= 0.8
+
+
 def _mat(name: str) -> int:
     return MATERIAL_NAMES.index(name)
 
@@ -121,12 +141,12 @@ def make_genome(seed: int, pid: int) -> Genome:
     for a, b in ((UPPER_A, UPPER_B), (LOWER_A, LOWER_B)):
         material[a] = _mat(str(rng.choice(_CLOTH)))
         material[b] = _contrasting(rng, material[a])
-        colour[a] = _hsv(rng, (0.1, 0.9), (0.15, 0.95))
-        colour[b] = _hsv(rng, (0.1, 0.9), (0.15, 0.95))
+        colour[a] = _dyed(rng, material[a])
+        colour[b] = _dyed(rng, material[b])
     for label, names in ((HAT, ("wool", "cotton", "nylon")), (SHOES, ("leather", "rubber")),
                          (BAG, ("leather", "nylon", "polyester")), (PACK, ("nylon", "polyester"))):
         material[label] = _mat(str(rng.choice(names)))
-        colour[label] = _hsv(rng, (0.1, 0.9), (0.1, 0.9))
+        colour[label] = _dyed(rng, material[label])
     bag = str(rng.choice(["none", "none", "left", "right"]))
     return Genome(
         gender=str(rng.choice(["female", "male"])), view=str(rng.choice(["front", "back"])),
@@ -138,7 +158,7 @@ def make_genome(seed: int, pid: int) -> Genome:
         hair=str(rng.choice(["short", "long"])),
         upper_pattern=str(rng.choice(["solid", "stripes", "checks", "split"])),
         lower_pattern=str(rng.choice(["solid", "stripes", "split"])),
-        period=rng.uniform(0.04, 0.1), angle=float(rng.choice([0.0, 90.0, 45.0, -45.0])),
+        period=rng.uniform(0.07, 0.15), angle=float(rng.choice([0.0, 90.0, 45.0, -45.0])),
         split_horizontal=bool(rng.random() < 0.5),
         hat=bool(rng.random() < 0.25), bag=bag, bag_y=rng.uniform(0.42, 0.6),
         bag_size=rng.uniform(0.06, 0.1), backpack=bool(rng.random() < 0.3),
@@ -149,9 +169,9 @@ def camera_style(seed: int, cam: int) -> CameraStyle:
     """Deterministic appearance of camera ``cam`` under ``seed``."""
     rng = np.random.default_rng([seed, TAG_CAMERA, cam])
     return CameraStyle(
-        gain=rng.uniform(0.75, 1.15), cast=tuple(rng.uniform(-0.06, 0.06, 3)),
+        gain=rng.uniform(0.9, 1.1), cast=tuple(rng.uniform(-0.06, 0.06, 3)),
         bg_top=_hsv(rng, (0.0, 0.4), (0.3, 0.9)), bg_bottom=_hsv(rng, (0.0, 0.4), (0.2, 0.7)),
-        ir_level=rng.uniform(-0.08, 0.08), ir_contrast=rng.uniform(0.85, 1.15))
+        ir_level=rng.uniform(-0.04, 0.04), ir_contrast=rng.uniform(0.9, 1.1))
 
 
 def _draw_labels(g: Genome, rng: np.random.Generator, hh: int, ww: int
@@ -260,10 +280,10 @@ def _background_visible(rng: np.random.Generator, style: CameraStyle, hh: int, w
     bottom = np.clip(np.array(style.bg_bottom) + rng.uniform(-0.08, 0.08, 3), 0, 1)
     w = np.linspace(0, 1, hh, dtype=np.float32)[:, None, None]
     bg = np.broadcast_to(top * (1 - w) + bottom * w, (hh, ww, 3)).astype(np.float32)
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(1, 4))):
         y0, x0 = int(rng.integers(0, hh)), int(rng.integers(0, ww))
-        bg[y0:y0 + int(rng.integers(hh // 10, hh // 2)),
-           x0:x0 + int(rng.integers(ww // 8, ww // 2))] = _hsv(rng, (0, 0.8), (0.1, 0.9))
+        bg[y0:y0 + int(rng.integers(hh // 12, hh // 4)),
+           x0:x0 + int(rng.integers(ww // 10, ww // 3))] = _hsv(rng, (0, 0.8), (0.1, 0.9))
     return bg
 
 
@@ -271,10 +291,10 @@ def _background_ir(rng: np.random.Generator, modality: str, hh: int, ww: int) ->
     lo, hi = (0.1, 0.35) if modality == "thermal" else (0.25, 0.6)
     a, b = rng.uniform(lo, hi, 2)
     bg = np.repeat(np.linspace(a, b, hh, dtype=np.float32)[:, None], ww, axis=1)
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(1, 4))):
         y0, x0 = int(rng.integers(0, hh)), int(rng.integers(0, ww))
-        bg[y0:y0 + int(rng.integers(hh // 10, hh // 2)),
-           x0:x0 + int(rng.integers(ww // 8, ww // 2))] = rng.uniform(0.05, 0.7)
+        bg[y0:y0 + int(rng.integers(hh // 12, hh // 4)),
+           x0:x0 + int(rng.integers(ww // 10, ww // 3))] = rng.uniform(0.05, 0.7)
     return bg
 
 
@@ -307,15 +327,15 @@ def render_person(genome: Genome, modality: str, rng: np.random.Generator,
         lut = np.array(genome.colour, np.float32)
         img = _background_visible(rng, style, hh, ww)
         img[person] = lut[lab[person]] * shade[person, None]
-        gain = style.gain * rng.uniform(0.75, 1.25)
+        gain = style.gain * rng.uniform(0.9, 1.1)
         img = img * gain * (1 + np.array(style.cast) + rng.uniform(-0.05, 0.05, 3))
         sigma = rng.uniform(0.005, 0.03)
     else:
         lut = _IR_TABLE[modality][np.array(genome.material)]
         img = _background_ir(rng, modality, hh, ww)
-        body = lut[lab] * (0.85 + 0.15 * shade) + rng.uniform(-0.08, 0.08)
+        body = lut[lab] * (0.85 + 0.15 * shade) + rng.uniform(-0.04, 0.04)
         img = np.where(person, body, img)
-        img = (img - 0.5) * style.ir_contrast * rng.uniform(0.8, 1.2) + 0.5 + style.ir_level
+        img = (img - 0.5) * style.ir_contrast * rng.uniform(0.9, 1.1) + 0.5 + style.ir_level
         sigma = rng.uniform(0.015, 0.045)
     img = img.reshape(h, _SUPERSAMPLE, w, _SUPERSAMPLE, -1).mean(axis=(1, 3))
     img = img + rng.normal(0.0, sigma, img.shape)
