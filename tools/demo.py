@@ -1,6 +1,6 @@
 """The demo behind ``make demo``: synthetic RegDB, train, test both directions, draw.
 
-    python tools/demo.py [--out output/demo] [--ids 100] [--images 10] [KEY VALUE ...]
+    python tools/demo.py [--out output/demo] [--ids 160] [--images 10] [KEY VALUE ...]
 
 Generates a RegDB-layout dataset of procedurally drawn people (visible and
 thermal), trains ``configs/demo_synthetic.ini`` (a two-stream ResNet-18) on
@@ -140,7 +140,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "output" / "demo"),
                         help="folder for the dataset, the run and the pictures")
-    parser.add_argument("--ids", type=int, default=100, help="identities (half train, half test)")
+    parser.add_argument("--ids", type=int, default=160, help="identities (half train, half test)")
     parser.add_argument("--images", type=int, default=10,
                         help="images per identity and modality")
     parser.add_argument("overrides", nargs="*", metavar="KEY VALUE",
