@@ -1,0 +1,35 @@
+"""The demo pipeline at a reduced size: it learns, prints both figures and draws."""
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+import demo  # noqa: E402
+
+
+def test_demo_pipeline_learns_and_draws(tmp_path, capsys):
+    res = demo.run_demo(tmp_path, num_ids=64, images=6, image_size=(64, 32),
+                        overrides=["TRAIN.MAX_EPOCHS", "16", "TRAIN.WARMUP_EPOCHS", "1",
+                                   "TRAIN.EVAL_PERIOD", "0", "DATA.NUM_WORKERS", "0"])
+    before = res["untrained"]["visible-to-thermal"]["R1"]
+    after = res["trained"]["visible-to-thermal"]["R1"]
+    assert res["num_test_ids"] == 32
+    # The learning bar at this size: far above chance and well above the untrained model.
+    assert after >= 5 * res["chance"], (before, after)
+    assert after >= before + 10, (before, after)
+    table = demo.report(res)
+    assert "untrained" in table and "trained" in table and "chance R1" in table
+    for name, size in (("cmc.png", (600, 450)), ("training_curves.png", None),
+                       ("ranked_visible-to-thermal.png", None),
+                       ("ranked_thermal-to-visible.png", None)):
+        img = Image.open(res["pictures"] / name)
+        assert img.format == "PNG"
+        if size:
+            assert img.size == size
+    sheet = Image.open(res["pictures"] / "ranked_visible-to-thermal.png")
+    assert sheet.size == (6 + 11 * (64 + 6) + 6, 6 + 8 * (128 + 14 + 6))
+    for f in ("config.ini", "log.txt", "metrics.jsonl", "last.pth", "results.json"):
+        assert (res["run_dir"] / f).is_file(), f
