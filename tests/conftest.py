@@ -52,3 +52,14 @@ def sysu_mirror_root(tmp_path_factory: pytest.TempPathFactory, sysu_rand_perm: P
     return make_sysu(tmp_path_factory.mktemp("data") / "SYSU-MM01-mirror", num_train=6,
                      num_val=2, images_per_cam=(2, 3), size=(32, 16), seed=0,
                      mirror_perm=sysu_rand_perm, mirror_ids=4)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one torch thread avoids contention on busy machines."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,14 +17,7 @@ from layers import (
 from utils.config import get_default_config, load_config
 from utils.errors import UserError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids contention on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def criterion_for(*overrides: str, num_classes: int = 4, feat_dim: int = 2):

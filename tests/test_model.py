@@ -14,13 +14,7 @@ from utils.errors import UserError
 SMALL = (2, 3, 64, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids contention on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(*overrides: str, name: str = "resnet18"):

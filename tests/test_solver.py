@@ -16,13 +16,7 @@ CONFIGS = ("res50_regdb_all", "res50_sysumm_all", "agw_regdb", "agw_sysumm",
            "caj_regdb", "caj_sysumm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids contention on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(*overrides: str):
