@@ -1,4 +1,5 @@
 """The demo pipeline at a reduced size: it learns, prints both figures and draws."""
+import json
 import sys
 from pathlib import Path
 
@@ -11,12 +12,15 @@ import demo  # noqa: E402
 
 
 def test_demo_pipeline_learns_and_draws(tmp_path, capsys):
-    res = demo.run_demo(tmp_path, num_ids=64, images=6, image_size=(64, 32),
-                        overrides=["TRAIN.MAX_EPOCHS", "16", "TRAIN.WARMUP_EPOCHS", "1",
-                                   "TRAIN.EVAL_PERIOD", "0", "DATA.NUM_WORKERS", "0"])
+    res = demo.run_demo(tmp_path, num_ids=128, num_train=96, images=6, image_size=(64, 32),
+                        overrides=["TRAIN.MAX_EPOCHS", "16", "TRAIN.ITERS_PER_EPOCH", "8",
+                                   "TRAIN.WARMUP_EPOCHS", "1", "TRAIN.EVAL_PERIOD", "0",
+                                   "TRAIN.CHECKPOINT_PERIOD", "8", "DATA.NUM_WORKERS", "0"])
     before = res["untrained"]["visible-to-thermal"]["R1"]
     after = res["trained"]["visible-to-thermal"]["R1"]
     assert res["num_test_ids"] == 32
+    settings = json.loads((tmp_path / "RegDB" / "demo_dataset.json").read_text())
+    assert settings["num_ids"] == 128 and settings["num_train"] == 96
     # The learning bar at this size: far above chance and well above the untrained model.
     assert after >= 5 * res["chance"], (before, after)
     assert after >= before + 10, (before, after)

@@ -142,6 +142,17 @@ def test_deterministic_per_seed(tmp_path: Path) -> None:
         assert images[0] and not images[0] & images[1]  # no image drawn the same
 
 
+def test_regdb_unequal_split(tmp_path: Path) -> None:
+    root = make_regdb(tmp_path / "RegDB", 10, 1, (32, 16), num_trials=2, num_train=7)
+    for t in (1, 2):
+        train, test = ({int(r.split("/")[1]) for r, _ in _read_split(root / "idx" / name)}
+                       for name in (f"train_visible_{t}.txt", f"test_thermal_{t}.txt"))
+        assert len(train) == 7 and len(test) == 3 and train | test == set(range(1, 11))
+    for bad in (0, 10):
+        with pytest.raises(UserError, match=f"num_train = {bad}: expected 1..9"):
+            make_regdb(tmp_path / f"bad{bad}", 10, 1, (32, 16), num_train=bad)
+
+
 def test_non_empty_root_is_refused(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("keep me")
     with pytest.raises(UserError, match="not empty"):

@@ -1,6 +1,7 @@
 """The demo behind ``make demo``: synthetic RegDB, train, test both directions, draw.
 
-    python tools/demo.py [--out output/demo] [--ids 160] [--images 10] [KEY VALUE ...]
+    python tools/demo.py [--out output/demo] [--train-ids 400] [--test-ids 80] [--images 10]
+                         [KEY VALUE ...]
 
 Generates a RegDB-layout dataset of procedurally drawn people (visible and
 thermal), trains ``configs/demo_synthetic.ini`` (a two-stream ResNet-18) on
@@ -11,6 +12,8 @@ writes a ranked-results sheet, the CMC curves and the training curves.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,7 +41,8 @@ from engine.visual import write_pictures  # noqa: E402
 from modeling import build_model  # noqa: E402
 from tools.make_synthetic_data import make_regdb  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.errors import cli_entry  # noqa: E402
+from utils.errors import UserError, cli_entry  # noqa: E402
+from utils.io import atomic_write_text  # noqa: E402
 from utils.visualize import training_curves  # noqa: E402
 
 CONFIG = REPO / "configs" / "demo_synthetic.ini"
@@ -60,8 +64,34 @@ def evaluate_with_pictures(cfg, model, dataset, device, pictures: Path | None
     return results
 
 
+def prepare_dataset(root: Path, num_ids: int, images: int, image_size: tuple[int, int],
+                    num_train: int | None) -> Path:
+    """The demo's dataset at ``root``: reused when drawn with the same settings, else redrawn.
+
+    The settings are kept in ``root/demo_dataset.json``; a folder without it or
+    with other settings (an earlier demo's) is replaced.
+    """
+    num_train = num_ids // 2 if num_train is None else num_train
+    settings = {"num_ids": num_ids, "num_train": num_train, "images_per_id": images,
+                "size": list(image_size), "seed": 0}
+    stamp = root / "demo_dataset.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        return root
+    if root.exists():
+        print(f"{root} was drawn with other settings: drawing it again")
+        shutil.rmtree(root)
+    print(f"generating a synthetic RegDB-layout dataset ({num_train} training + "
+          f"{num_ids - num_train} test ids x {images} visible + {images} thermal images) "
+          f"in {root}")
+    make_regdb(root, num_ids=num_ids, images_per_id=images, size=image_size, seed=0,
+               num_train=num_train)
+    atomic_write_text(stamp, json.dumps(settings))
+    return root
+
+
 def run_demo(out: Path, num_ids: int, images: int, overrides: list[str],
-             image_size: tuple[int, int] = (128, 64)) -> dict[str, Any]:
+             image_size: tuple[int, int] = (128, 64), num_train: int | None = None
+             ) -> dict[str, Any]:
     """Generate, train, evaluate and draw; return the figures (percent).
 
     Returns:
@@ -69,11 +99,7 @@ def run_demo(out: Path, num_ids: int, images: int, overrides: list[str],
         'run_dir': Path, 'pictures': Path, 'seconds': float}``
     """
     start = time.time()
-    root = out / "RegDB"
-    if not (root / "idx").is_dir():
-        print(f"generating a synthetic RegDB-layout dataset ({num_ids} ids x {images} "
-              f"visible + {images} thermal images) in {root}")
-        make_regdb(root, num_ids=num_ids, images_per_id=images, size=image_size, seed=0)
+    root = prepare_dataset(out / "RegDB", num_ids, images, image_size, num_train)
     run_dir, pictures = out / "run", out / "pictures"
     cfg = load_config(CONFIG, ["DATA.ROOT", str(root), "TRAIN.OUTPUT_PATH", str(run_dir),
                                *overrides])
@@ -140,14 +166,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "output" / "demo"),
                         help="folder for the dataset, the run and the pictures")
-    parser.add_argument("--ids", type=int, default=160, help="identities (half train, half test)")
+    parser.add_argument("--train-ids", type=int, default=400, help="training identities")
+    parser.add_argument("--test-ids", type=int, default=80, help="test identities")
     parser.add_argument("--images", type=int, default=10,
                         help="images per identity and modality")
     parser.add_argument("overrides", nargs="*", metavar="KEY VALUE",
                         help="overrides of configs/demo_synthetic.ini")
     args = parser.parse_args()
+    if min(args.train_ids, args.test_ids, args.images) < 1:
+        raise UserError(f"demo sizes: expected --train-ids, --test-ids and --images >= 1, got "
+                        f"{args.train_ids}, {args.test_ids}, {args.images}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    res = run_demo(Path(args.out), args.ids, args.images, args.overrides)
+    res = run_demo(Path(args.out), args.train_ids + args.test_ids, args.images, args.overrides,
+                   num_train=args.train_ids)
     print(report(res))
     print(next_steps(res))
     return 0

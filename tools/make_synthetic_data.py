@@ -80,13 +80,15 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def make_regdb(root: str | Path, num_ids: int = 20, images_per_id: int = 10,
-               size: tuple[int, int] = (64, 32), seed: int = 0, num_trials: int = 10) -> Path:
+               size: tuple[int, int] = (64, 32), seed: int = 0, num_trials: int = 10,
+               num_train: int | None = None) -> Path:
     """RegDB layout: ``Visible/<pid>/*.bmp``, ``Thermal/<pid>/*.bmp``, ``idx/*_<t>.txt``.
 
     Pids are 1..num_ids. Trial ``t`` splits the ids at random into
-    ``num_ids // 2`` train and the rest test; train labels are 0..n_train-1 in
-    ascending pid order, test labels are the pids. Lines are
-    ``"Visible/<pid>/<file>.bmp <label>"``. Thermal images are single channel.
+    ``num_train`` (default ``num_ids // 2``, as in RegDB) train and the rest
+    test; train labels are 0..num_train-1 in ascending pid order, test labels
+    are the pids. Lines are ``"Visible/<pid>/<file>.bmp <label>"``. Thermal images
+    are single channel.
 
     Args:
         root: dataset root to create (absent or empty).
@@ -95,11 +97,16 @@ def make_regdb(root: str | Path, num_ids: int = 20, images_per_id: int = 10,
         size: (height, width) of every image.
         seed: random seed.
         num_trials: split files per kind (real: 10).
+        num_train: training identities per trial (real: 206, half).
     """
     size = _check_size(size)
     if num_ids < 2 or images_per_id < 1:
         raise UserError(f"RegDB needs at least 2 ids and 1 image per id, got {num_ids}, "
                         f"{images_per_id}")
+    num_train = num_ids // 2 if num_train is None else num_train
+    if not 1 <= num_train < num_ids:
+        raise UserError(f"RegDB num_train = {num_train}: expected 1..{num_ids - 1} so that "
+                        f"both the train and the test split have identities")
     root = _prepare_root(root)
     files: dict[int, dict[str, list[str]]] = {}
     counter = 0
@@ -118,8 +125,8 @@ def make_regdb(root: str | Path, num_ids: int = 20, images_per_id: int = 10,
     pids = np.arange(1, num_ids + 1)
     for t in range(1, num_trials + 1):
         perm = np.random.default_rng([seed, _TAG_SPLIT, t]).permutation(pids)
-        train = sorted(int(p) for p in perm[: num_ids // 2])
-        test = sorted(int(p) for p in perm[num_ids // 2:])
+        train = sorted(int(p) for p in perm[:num_train])
+        test = sorted(int(p) for p in perm[num_train:])
         for mod in ("visible", "thermal"):
             _write_lines(root / "idx" / f"train_{mod}_{t}.txt",
                          [f"{rel} {label}" for label, pid in enumerate(train)
