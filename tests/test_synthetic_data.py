@@ -237,3 +237,15 @@ def test_cli(tmp_path: Path) -> None:
     assert len(list((tmp_path / "RegDB" / "Thermal").glob("*/*.bmp"))) == 8
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 2 and again.stderr.startswith("error: ")
+
+
+def test_cli_train_ids(tmp_path: Path) -> None:
+    base = [sys.executable, str(REPO / "tools" / "make_synthetic_data.py")]
+    done = subprocess.run([*base, "regdb", str(tmp_path / "RegDB"), "--ids", "5", "--images", "1",
+                           "--height", "32", "--width", "16", "--train-ids", "4"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(_read_split(tmp_path / "RegDB" / "idx" / "train_visible_1.txt")) == 4
+    bad = subprocess.run([*base, "sysumm", str(tmp_path / "SYSU"), "--train-ids", "4"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --train-ids applies to regdb only"

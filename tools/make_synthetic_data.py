@@ -326,6 +326,8 @@ def main() -> None:
     parser.add_argument("--ids", type=int, default=None,
                         help="identities (regdb: all; sysumm: 60/20/20 train/val/test; "
                         "llcm: 2/3 train)")
+    parser.add_argument("--train-ids", type=int, default=None,
+                        help="regdb: training identities per trial (default: half)")
     parser.add_argument("--images", type=int, default=None,
                         help="regdb: images per modality per id; others: max images per camera")
     parser.add_argument("--height", type=int, default=128)
@@ -339,8 +341,11 @@ def main() -> None:
     size = (args.height, args.width)
     if (args.mirror_perm or args.mirror_ids is not None) and args.dataset != "sysumm":
         raise UserError("--mirror-perm and --mirror-ids apply to sysumm only")
+    if args.train_ids is not None and args.dataset != "regdb":
+        raise UserError("--train-ids applies to regdb only")
     if args.dataset == "regdb":
-        make_regdb(args.out_dir, args.ids or 20, args.images or 10, size, args.seed)
+        make_regdb(args.out_dir, args.ids or 20, args.images or 10, size, args.seed,
+                   num_train=args.train_ids)
     elif args.dataset == "sysumm":
         n = args.ids or 40
         hi = args.images or 5
