@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from utils.errors import UserError
-from utils.visualize import cmc_curves, ranked_sheet, training_curves
+from utils.visualize import cmc_curves, curve_series, ranked_sheet, training_curves
 
 
 def _images(tmp_path, n, colour):
@@ -61,3 +61,37 @@ def test_training_curves_from_metrics_jsonl(tmp_path):
 def test_training_curves_missing_run(tmp_path):
     with pytest.raises(UserError, match="metrics.jsonl: not found"):
         training_curves(tmp_path)
+
+
+def _run_with_results(tmp_path, eval_split, selected_epoch):
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for epoch in range(1, 5):
+            row = {"epoch": epoch, "lr": 0.1, "loss": 1.0 / epoch}
+            if epoch == 2:
+                row["eval"] = {"split": eval_split, "score": 20.0,
+                               "v2t": {"R1": 20.0, "mAP": 15.0}}
+            f.write(json.dumps(row) + "\n")
+    results = {"split": "test", "selection": {"select": "last", "epoch": selected_epoch},
+               "settings": {"v2t": {"mean": {"R1": 40.0, "mAP": 30.0}}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    return curve_series(tmp_path)["evaluation (%)"]
+
+
+def test_training_curves_end_with_the_final_test(tmp_path):
+    series = _run_with_results(tmp_path, "test", 4)
+    assert series["eval/v2t/R1"] == ([2, 4], [20.0, 40.0])
+    assert series["eval/v2t/mAP"] == ([2, 4], [15.0, 30.0])
+    assert training_curves(tmp_path).is_file()
+
+
+def test_training_curves_final_test_on_another_split(tmp_path):
+    series = _run_with_results(tmp_path, "val", 2)
+    assert series["eval/v2t/R1"] == ([2], [20.0])
+    assert series["final test/v2t/R1"] == ([2], [40.0])
+
+
+def test_training_curves_skip_a_repeated_or_unreadable_final_test(tmp_path):
+    series = _run_with_results(tmp_path, "test", 2)  # evaluated at that epoch already
+    assert series["eval/v2t/R1"] == ([2], [20.0])
+    (tmp_path / "results.json").write_text("{cut")
+    assert curve_series(tmp_path)["evaluation (%)"]["eval/v2t/R1"] == ([2], [20.0])

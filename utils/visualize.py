@@ -127,8 +127,64 @@ def _flatten(record: Mapping, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _final_test(run_dir: Path, records: list[dict]) -> tuple[int, dict[str, float]] | None:
+    """The selected checkpoint's figures from ``results.json`` as (epoch, {series: value}).
+
+    They continue the periodic evaluation lines when both are on the same split,
+    else they form their own ``final <split>/...`` series; None without a readable file.
+    """
+    try:
+        res = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        epoch = int(res["selection"]["epoch"])
+        settings = {name: s["mean"] for name, s in res["settings"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    splits = [r["eval"].get("split") for r in records if isinstance(r.get("eval"), Mapping)]
+    prefix = "eval" if splits and splits[-1] == res.get("split") else \
+        f"final {res.get('split', 'test')}"
+    return epoch, {f"{prefix}/{name}/{metric}": float(value)
+                   for name, mean in settings.items() for metric, value in mean.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def curve_series(run_dir: str | os.PathLike) -> dict[str, dict[str, tuple[list, list]]]:
+    """The series :func:`training_curves` draws: ``{panel: {name: (epochs, values)}}``.
+
+    Panels: ``loss terms``, ``learning rate`` and ``evaluation (%)`` (periodic
+    evaluation, ended by the final test of ``results.json`` at its selected epoch).
+    """
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        from utils.errors import UserError
+
+        raise UserError(f"{metrics_path}: not found; is {run_dir} a training run folder?")
+    records = _read_metrics(metrics_path)
+    rows = [(r.get("epoch", i + 1), _flatten(r)) for i, r in enumerate(records)]
+    final = _final_test(run_dir, records)
+    if final is not None:
+        epoch, figures = final
+        same = [row for e, row in rows if e == epoch]
+        if not same:
+            rows = sorted([*rows, (epoch, figures)], key=lambda item: item[0])
+        elif not any(k in same[-1] for k in figures):  # else evaluated there already
+            same[-1].update(figures)
+    names = sorted({k for _, r in rows for k in r})
+    panels = {
+        "loss terms": [n for n in names if n.split("/")[-1].startswith("loss")],
+        "learning rate": [n for n in names if n.split("/")[-1] == "lr"],
+        "evaluation (%)": [n for n in names
+                           if any(t in n.split("/")[-1] for t in ("R1", "mAP", "mINP"))],
+    }
+    return {title: {k: ([e for e, r in rows if k in r], [r[k] for _, r in rows if k in r])
+                    for k in keys} for title, keys in panels.items() if keys}
+
+
 def training_curves(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
     """Plot loss terms, learning rate and evaluation figures of ``run_dir/metrics.jsonl``.
+
+    The evaluation panel ends with the final test of ``results.json`` when the
+    run has one (see :func:`curve_series`).
 
     Returns:
         The written PNG path (``run_dir/training_curves.png`` by default).
@@ -139,25 +195,11 @@ def training_curves(run_dir: str | os.PathLike, out_path: str | os.PathLike | No
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
-    if not metrics_path.is_file():
-        from utils.errors import UserError
-
-        raise UserError(f"{metrics_path}: not found; is {run_dir} a training run folder?")
-    rows = [_flatten(r) for r in _read_metrics(metrics_path)]
-    epochs = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
-    names = sorted({k for r in rows for k in r})
-    losses = [n for n in names if n.split("/")[-1].startswith("loss")]
-    lrs = [n for n in names if n.split("/")[-1] == "lr"]
-    evals = [n for n in names if any(t in n.split("/")[-1] for t in ("R1", "mAP", "mINP"))]
-    panels = [(title, keys) for title, keys in
-              (("loss terms", losses), ("learning rate", lrs), ("evaluation (%)", evals)) if keys]
+    panels = list(curve_series(run_dir).items())
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4))
     axes = np.atleast_1d(axes)
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            xs = [e for e, r in zip(epochs, rows) if key in r]
-            ys = [r[key] for r in rows if key in r]
+    for ax, (title, series) in zip(axes, panels):
+        for key, (xs, ys) in series.items():
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
         ax.set_title(title)
         ax.set_xlabel("epoch")
