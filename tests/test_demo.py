@@ -13,7 +13,7 @@ import demo  # noqa: E402
 
 def test_demo_pipeline_learns_and_draws(tmp_path, capsys):
     res = demo.run_demo(tmp_path, num_ids=128, num_train=96, images=6, image_size=(64, 32),
-                        overrides=["TRAIN.MAX_EPOCHS", "16", "TRAIN.ITERS_PER_EPOCH", "8",
+                        overrides=["TRAIN.MAX_EPOCHS", "16", "TRAIN.ITERS_PER_EPOCH", "12",
                                    "TRAIN.WARMUP_EPOCHS", "1", "TRAIN.EVAL_PERIOD", "0",
                                    "TRAIN.CHECKPOINT_PERIOD", "8", "DATA.NUM_WORKERS", "0"])
     before = res["untrained"]["visible-to-thermal"]["R1"]
@@ -22,8 +22,8 @@ def test_demo_pipeline_learns_and_draws(tmp_path, capsys):
     settings = json.loads((tmp_path / "RegDB" / "demo_dataset.json").read_text())
     assert settings["num_ids"] == 128 and settings["num_train"] == 96
     # The learning bar at this size: far above chance and well above the untrained model.
-    assert after >= 5 * res["chance"], (before, after)
-    assert after >= before + 10, (before, after)
+    assert after >= 8 * res["chance"], (before, after)
+    assert after >= before + 15, (before, after)
     table = demo.report(res)
     assert "untrained" in table and "trained" in table and "chance R1" in table
     for name, size in (("cmc.png", (600, 450)), ("training_curves.png", None),
@@ -37,3 +37,17 @@ def test_demo_pipeline_learns_and_draws(tmp_path, capsys):
     assert sheet.size == (6 + 11 * (64 + 6) + 6, 6 + 8 * (128 + 14 + 6))
     for f in ("config.ini", "log.txt", "metrics.jsonl", "last.pth", "results.json"):
         assert (res["run_dir"] / f).is_file(), f
+
+
+def test_demo_dataset_reused_or_redrawn(tmp_path):
+    root = demo.prepare_dataset(tmp_path / "RegDB", 6, 1, (32, 16), num_train=4)
+    marker = root / "idx" / "train_visible_1.txt"
+    stamp = marker.stat().st_mtime_ns
+    assert demo.prepare_dataset(root, 6, 1, (32, 16), num_train=4) == root
+    assert marker.stat().st_mtime_ns == stamp  # same settings: reused as it is
+    demo.prepare_dataset(root, 8, 1, (32, 16), num_train=5)
+    assert len(list((root / "Visible").iterdir())) == 8
+    assert len(marker.read_text().splitlines()) == 5
+    (root / "demo_dataset.json").unlink()  # an older demo's folder has no settings
+    demo.prepare_dataset(root, 6, 1, (32, 16), num_train=4)
+    assert len(list((root / "Visible").iterdir())) == 6
