@@ -1,9 +1,13 @@
 """The demo pipeline at a reduced size: it learns, prints both figures and draws."""
 import json
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
+
+from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -48,6 +52,26 @@ def test_demo_dataset_reused_or_redrawn(tmp_path):
     demo.prepare_dataset(root, 8, 1, (32, 16), num_train=5)
     assert len(list((root / "Visible").iterdir())) == 8
     assert len(marker.read_text().splitlines()) == 5
-    (root / "demo_dataset.json").unlink()  # an older demo's folder has no settings
+    (root / demo.STAMP).write_text("{cut")  # unreadable stamp: still the demo's, redrawn
+    (tmp_path / "RegDB.partial" / "junk").mkdir(parents=True)  # an interrupted drawing
     demo.prepare_dataset(root, 6, 1, (32, 16), num_train=4)
     assert len(list((root / "Visible").iterdir())) == 6
+    assert not (tmp_path / "RegDB.partial").exists()
+
+
+def test_demo_never_replaces_a_folder_it_did_not_draw(tmp_path):
+    real = tmp_path / "RegDB"
+    (real / "Visible").mkdir(parents=True)
+    (real / "Visible" / "keep.bmp").write_bytes(b"user data")
+    with pytest.raises(UserError, match=r"RegDB exists but has no demo_dataset.json"):
+        demo.prepare_dataset(real, 6, 1, (32, 16), num_train=4)
+    assert (real / "Visible" / "keep.bmp").read_bytes() == b"user data"
+
+
+def test_demo_bad_sizes_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "demo.py"), "--out",
+                           str(tmp_path), "--test-ids", "0"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: demo sizes: expected --train-ids, --test-ids and "
+                                   "--images >= 1, got 400, 0, 10")
+    assert not any(tmp_path.iterdir())

@@ -47,6 +47,7 @@ from utils.visualize import training_curves  # noqa: E402
 
 CONFIG = REPO / "configs" / "demo_synthetic.ini"
 DIRECTIONS = ("visible-to-thermal", "thermal-to-visible")
+STAMP = "demo_dataset.json"  # the drawing settings, in the dataset folder
 BAR_R1 = 80.0  # % R1 visible->thermal the trained demo model must reach
 
 
@@ -68,24 +69,37 @@ def prepare_dataset(root: Path, num_ids: int, images: int, image_size: tuple[int
                     num_train: int | None) -> Path:
     """The demo's dataset at ``root``: reused when drawn with the same settings, else redrawn.
 
-    The settings are kept in ``root/demo_dataset.json``; a folder without it or
-    with other settings (an earlier demo's) is replaced.
+    The settings are kept in ``root/demo_dataset.json``. Only a folder carrying
+    that file (one the demo drew) is ever replaced; any other existing folder is
+    refused. The data is drawn into ``<root>.partial`` and renamed when complete,
+    so an interrupted run leaves nothing half-drawn at ``root``.
     """
     num_train = num_ids // 2 if num_train is None else num_train
     settings = {"num_ids": num_ids, "num_train": num_train, "images_per_id": images,
                 "size": list(image_size), "seed": 0}
-    stamp = root / "demo_dataset.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
-        return root
-    if root.exists():
-        print(f"{root} was drawn with other settings: drawing it again")
-        shutil.rmtree(root)
+    stamp = root / STAMP
+    if stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()) == settings:
+                return root
+        except (OSError, ValueError):
+            pass  # an unreadable stamp: still the demo's folder, drawn again below
+    elif root.exists():
+        raise UserError(f"{root} exists but has no {STAMP}, so the demo did not draw it: "
+                        f"remove it (make clean-demo removes output/demo) or choose another --out")
+    partial = root.with_name(root.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)  # an interrupted earlier drawing
     print(f"generating a synthetic RegDB-layout dataset ({num_train} training + "
           f"{num_ids - num_train} test ids x {images} visible + {images} thermal images) "
           f"in {root}")
-    make_regdb(root, num_ids=num_ids, images_per_id=images, size=image_size, seed=0,
+    make_regdb(partial, num_ids=num_ids, images_per_id=images, size=image_size, seed=0,
                num_train=num_train)
-    atomic_write_text(stamp, json.dumps(settings))
+    atomic_write_text(partial / STAMP, json.dumps(settings))
+    if root.exists():
+        print(f"{root} was drawn with other settings: replacing it")
+        shutil.rmtree(root)
+    partial.rename(root)
     return root
 
 
