@@ -24,7 +24,8 @@ def _save_png(image: Image.Image, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _save_figure(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Write a matplotlib figure to ``path`` as a PNG at 100 dpi, atomically."""
     import io
 
     buf = io.BytesIO()
@@ -104,7 +105,7 @@ def cmc_curves(curves: Mapping[str, Sequence[float]], out_path: str | os.PathLik
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, out_path)
+    save_figure(fig, out_path)
     plt.close(fig)
 
 
@@ -207,7 +208,7 @@ def training_curves(run_dir: str | os.PathLike, out_path: str | os.PathLike | No
         ax.legend(fontsize=7)
     fig.tight_layout()
     out = Path(out_path) if out_path else run_dir / "training_curves.png"
-    _save_figure(fig, out)
+    save_figure(fig, out)
     plt.close(fig)
     return out
 
