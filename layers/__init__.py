@@ -1,5 +1,12 @@
-"""Losses and small network modules (pooling, non-local blocks)."""
+"""Losses and small network modules (pooling, non-local blocks, DEEN's DEE and MFA)."""
 from layers.criterion import HEAD_TERMS, LOSS_TERMS, Criterion, build_criterion
+from layers.dee import DiverseEmbeddingExpansion
+from layers.deen_losses import (
+    adaptive_triplet_adp,
+    center_guided_pair_mining,
+    orthogonality_loss,
+    weighted_regularized_triplet_published,
+)
 from layers.metric import (
     CenterLoss,
     batch_hard_triplet,
@@ -7,11 +14,14 @@ from layers.metric import (
     pairwise_distance,
     weighted_regularized_triplet,
 )
+from layers.mfa import MFA
 from layers.non_local import NonLocalBlock
 from layers.pooling import GeneralizedMeanPooling, GlobalAvgPooling
 
 __all__ = [
-    "HEAD_TERMS", "LOSS_TERMS", "CenterLoss", "Criterion", "GeneralizedMeanPooling",
-    "GlobalAvgPooling", "NonLocalBlock", "batch_hard_triplet", "build_criterion",
-    "mining_masks", "pairwise_distance", "weighted_regularized_triplet",
+    "HEAD_TERMS", "LOSS_TERMS", "MFA", "CenterLoss", "Criterion", "DiverseEmbeddingExpansion",
+    "GeneralizedMeanPooling", "GlobalAvgPooling", "NonLocalBlock", "adaptive_triplet_adp",
+    "batch_hard_triplet", "build_criterion", "center_guided_pair_mining", "mining_masks",
+    "orthogonality_loss", "pairwise_distance", "weighted_regularized_triplet",
+    "weighted_regularized_triplet_published",
 ]
