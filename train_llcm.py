@@ -2,8 +2,10 @@
 
     python train_llcm.py --config CONFIG.ini [--resume [PATH]] [KEY VALUE ...]
 """
-from engine.launch import main_llcm
+from functools import partial
+
+from engine.launch import train_main
 from utils.errors import cli_entry
 
 if __name__ == "__main__":
-    cli_entry(main_llcm)()
+    cli_entry(partial(train_main, "train_llcm.py", "llcm"))()

@@ -3,8 +3,10 @@
     python train_regdb.py --config configs/res50_regdb_all.ini [--trial N|N,M|all]
         [--resume [PATH]] [KEY VALUE ...]
 """
-from engine.launch import main_regdb
+from functools import partial
+
+from engine.launch import train_main
 from utils.errors import cli_entry
 
 if __name__ == "__main__":
-    cli_entry(main_regdb)()
+    cli_entry(partial(train_main, "train_regdb.py", "regdb"))()

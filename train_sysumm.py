@@ -3,8 +3,10 @@
     python train_sysumm.py --config configs/res50_sysumm_all.ini [--resume [PATH]] [KEY VALUE ...]
     torchrun --nproc_per_node=N train_sysumm.py --config ...
 """
-from engine.launch import main_sysumm
+from functools import partial
+
+from engine.launch import train_main
 from utils.errors import cli_entry
 
 if __name__ == "__main__":
-    cli_entry(main_sysumm)()
+    cli_entry(partial(train_main, "train_sysumm.py", "sysumm"))()

@@ -1,19 +1,23 @@
-"""Dataset readers (RegDB, SYSU-MM01, LLCM), sampler, augmentations and loaders."""
+"""Dataset readers, sampler, augmentations and loaders.
+
+Every module of this package is imported here, so a dataset reader in a new
+file (a ``VIReIDDataset`` subclass decorated with ``@register_dataset(name)``)
+is registered in ``DATASETS`` by its presence alone.
+"""
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from yacs.config import CfgNode
 
-from data.base import ImageRecord, VIReIDDataset
-from data.llcm import LLCM
-from data.regdb import RegDB
-from data.sysu import SYSUMM01
+from data.base import DATASETS, ImageRecord, VIReIDDataset, register_dataset
 from utils.config import dataset_root
-from utils.errors import UserError
 
-DATASETS: dict[str, type[VIReIDDataset]] = {"regdb": RegDB, "sysumm": SYSUMM01, "llcm": LLCM}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["DATASETS", "LLCM", "SYSUMM01", "ImageRecord", "RegDB", "VIReIDDataset",
-           "build_dataset"]
+__all__ = ["DATASETS", "ImageRecord", "VIReIDDataset", "build_dataset", "register_dataset"]
 
 
 def build_dataset(cfg: CfgNode, verbose: bool = True, need_train: bool = True) -> VIReIDDataset:
@@ -26,11 +30,8 @@ def build_dataset(cfg: CfgNode, verbose: bool = True, need_train: bool = True) -
             nor checked (``train`` is empty, ``num_classes`` 0).
 
     Raises:
-        UserError: unknown dataset name (listing the valid ones) or any problem
+        UserError: an unknown dataset name (listing the valid ones) or any problem
             with the dataset's files.
     """
-    name = cfg.DATA.DATASET_NAME.lower()
-    if name not in DATASETS:
-        raise UserError(f"DATA.DATASET_NAME = {cfg.DATA.DATASET_NAME!r} is not a known dataset; "
-                        f"valid names: {', '.join(DATASETS)}")
-    return DATASETS[name](dataset_root(cfg), cfg, verbose=verbose, need_train=need_train)
+    return DATASETS[cfg.DATA.DATASET_NAME](dataset_root(cfg), cfg, verbose=verbose,
+                                           need_train=need_train)

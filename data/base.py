@@ -6,13 +6,18 @@ import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 from PIL import Image
 from yacs.config import CfgNode
 
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
+from utils.registry import Registry
+
+if TYPE_CHECKING:
+    from data.protocols import Setting
 
 logger = logging.getLogger(__name__)
 
@@ -135,20 +140,8 @@ def keep_two_modality_ids(records: Sequence[ImageRecord], what: str) -> list[Ima
                        "of training: %s", what, len(dropped), shown)
     if not keep:
         raise UserError(f"{what}: no identity has images in both modalities")
-    label = {p: i for i, p in enumerate(keep)}
-    return [r._replace(pid=label[r.pid]) for r in records if r.pid in label]
-
-
-def images_by_cam_pid(records: Iterable[ImageRecord]) -> dict[tuple[int, int], list[ImageRecord]]:
-    """Group records by (cam, pid); each list sorted by file name.
-
-    ``groups[(cam, pid)][i - 1]`` is "the i-th image" of that person in that camera,
-    the indexing of the official SYSU-MM01 permutation file.
-    """
-    groups: dict[tuple[int, int], list[ImageRecord]] = defaultdict(list)
-    for rec in records:
-        groups[(rec.cam, rec.pid)].append(rec)
-    return {k: sorted(v, key=lambda r: os.path.basename(r.path)) for k, v in sorted(groups.items())}
+    kept = set(keep)
+    return relabel([r for r in records if r.pid in kept])
 
 
 def sort_records(records: Iterable[ImageRecord]) -> list[ImageRecord]:
@@ -156,21 +149,55 @@ def sort_records(records: Iterable[ImageRecord]) -> list[ImageRecord]:
     return sorted(records, key=lambda r: (r.cam, r.pid, os.path.basename(r.path), r.path))
 
 
-class VIReIDDataset:
-    """Base of the readers: root check, image check and statistics table.
+def relabel(records: Sequence[ImageRecord]) -> list[ImageRecord]:
+    """Records with their pids replaced by 0..N-1 in sorted pid order."""
+    label = {p: i for i, p in enumerate(sorted({r.pid for r in records}))}
+    return [r._replace(pid=label[r.pid]) for r in records]
 
-    Subclasses fill ``train`` and their test lists in ``_load`` and name their
-    subsets in ``subsets``.
+
+def by_modality(records: Iterable[ImageRecord]) -> dict[str, list[ImageRecord]]:
+    """``{'visible': [...], 'infrared': [...]}``: the uniform names of evaluation sets."""
+    records = list(records)
+    return {"visible": [r for r in records if r.modality == VISIBLE],
+            "infrared": [r for r in records if r.modality == INFRARED]}
+
+
+class VIReIDDataset:
+    """The dataset contract: records, evaluation sets and the protocol that reads them.
+
+    A reader subclasses this, registers itself in ``data.DATASETS`` and fills
+    ``train`` and ``test_sets`` in ``_load`` (and ``val_sets`` when it has a
+    validation split of its own). The engine asks the dataset, never its name:
+
+    - ``eval_sets(split)``: the record lists features are extracted from, by the
+      uniform names ``visible`` and ``infrared``;
+    - ``settings(cfg, sets, ...)``: the protocol's :class:`data.protocols.Setting` s
+      over those sets, with a description of the variant for the results;
+    - ``headline``: the setting used for model selection and summaries;
+    - ``split_trials``: > 0 when the dataset comes in that many fixed train/test
+      splits (DATA.TRIAL), one model trained per split (RegDB); 0 when trials
+      are gallery samples of one split (TEST.NUM_TRIALS);
+    - ``options``: the protocol options of ``test.py`` it accepts (``mode``,
+      ``shots``, ``gallery``);
+    - ``has_val``: whether identities are held out of training for validation
+      (DATA.VAL_IDS for every dataset, or a split of the dataset's own).
 
     Attributes:
-        name: short dataset name.
+        name: the registry name (set by ``data.DATASETS`` registration).
         root: dataset folder.
         train: training records (both modalities, pids relabelled 0..N-1).
+        test_sets, val_sets: evaluation record lists by set name.
         num_classes: number of training identities (0 when built without training).
     """
 
     name = ""
+    label = ""  # how messages name the dataset (default: its name)
     layout = ""  # one line describing the expected top-level layout, for errors
+    headline = ""
+    split_trials = 0
+    split_key = "split_trial"  # the results' protocol key holding the split trial
+    options: tuple[str, ...] = ()
+    val_hint = ""  # how else this dataset can provide a validation split, for errors
 
     def __init__(self, root: str, cfg: CfgNode, verbose: bool = True,
                  need_train: bool = True) -> None:
@@ -178,10 +205,17 @@ class VIReIDDataset:
         self.cfg = cfg
         self.need_train = need_train
         self.train: list[ImageRecord] = []
+        self.test_sets: dict[str, list[ImageRecord]] = {}
+        self.val_sets: dict[str, list[ImageRecord]] = {}
+        if self.split_trials and not 1 <= cfg.DATA.TRIAL <= self.split_trials:
+            raise UserError(f"DATA.TRIAL = {cfg.DATA.TRIAL}: {self.name} has splits "
+                            f"1..{self.split_trials}")
         if not os.path.isdir(self.root):
             raise UserError(f"{self.title()}: dataset root {self.root} does not exist or is "
                             f"not a folder (expected {self.layout})")
         self._load()
+        if need_train and cfg.DATA.VAL_IDS:
+            self._hold_out(cfg.DATA.VAL_IDS)
         self.num_classes = len({r.pid for r in self.train})
         if cfg.DATA.VERIFY_IMAGES:
             for _, records in self.subsets():
@@ -192,19 +226,81 @@ class VIReIDDataset:
     def _load(self) -> None:
         raise NotImplementedError
 
+    def _hold_out(self, n: int) -> None:
+        """Move ``n`` training identities (both modalities) to ``val_sets``.
+
+        The identities are a fixed draw (seed 0, independent of TRAIN.SEED) so
+        that runs with different seeds select on the same validation split.
+        """
+        if self.val_sets:
+            raise UserError(f"DATA.VAL_IDS = {n}: {self.title()} already holds out its own "
+                            "val split; set DATA.VAL_IDS = 0 or use the training ids for it")
+        ids = sorted({r.pid for r in self.train})
+        if n > len(ids) - 2:
+            raise UserError(f"DATA.VAL_IDS = {n}: the training set of {self.title()} has "
+                            f"{len(ids)} identities; at least 2 must remain for training")
+        held = set(np.random.default_rng(0).choice(ids, n, replace=False).tolist())
+        self.val_sets = by_modality(sort_records(r for r in self.train if r.pid in held))
+        self.train = relabel([r for r in self.train if r.pid not in held])
+
     def title(self) -> str:
         """Dataset name (with its split choice) for messages."""
-        return self.name
+        return self.label
+
+    @property
+    def has_val(self) -> bool:
+        """Whether identities are held out of training for validation."""
+        return bool(self.val_sets)
+
+    def eval_sets(self, split: str = "test") -> dict[str, list[ImageRecord]]:
+        """The record lists of ``split`` (``test`` or ``val``) by set name.
+
+        Raises:
+            UserError: ``val`` asked of a dataset without a validation split.
+        """
+        if split == "test":
+            return self.test_sets
+        if not self.val_sets:
+            hint = f" ({self.val_hint})" if self.val_hint else ""
+            raise UserError(f"{self.title()} has no validation split: set DATA.VAL_IDS to hold "
+                            f"identities out of training{hint}")
+        return self.val_sets
+
+    def settings(self, cfg: CfgNode, sets: dict[str, list[ImageRecord]], split: str = "test",
+                 trials: Sequence[int] | None = None, monitor: bool = False,
+                 **options: Any) -> tuple[list[Setting], dict[str, Any]]:
+        """The protocol's settings over ``sets`` and a description of its variant.
+
+        Args:
+            cfg: the configuration (TEST.* and the dataset's own keys).
+            sets: from :meth:`eval_sets`.
+            split: ``test`` or ``val`` (a protocol may sample a validation gallery
+                differently, e.g. without official test-id files).
+            trials: 1-based gallery trials (default 1..TEST.NUM_TRIALS where the
+                protocol samples galleries).
+            monitor: only the settings worth computing at every periodic
+                evaluation during training (the headline at least).
+            options: protocol options named in ``options`` (e.g. ``modes``, ``shots``).
+
+        Returns:
+            (settings, info): the headline setting first; ``info`` is written into
+            the results' ``protocol`` record.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def describe_protocol(cls, info: dict[str, Any]) -> str:
+        """The dataset's part of the one-line protocol description of results."""
+        if "gallery_sampling" not in info:
+            return ""
+        source = f" ({info['perm_path']})" if info.get("perm_path") else ""
+        return f"gallery {info['gallery_sampling']}{source}, {info['trial_note']}"
 
     def subsets(self) -> list[tuple[str, list[ImageRecord]]]:
-        """Named record lists shown by ``describe``; training first when loaded."""
-        return [("train", self.train)] if self.need_train else []
-
-    @staticmethod
-    def images_by_cam_pid(records: Iterable[ImageRecord]
-                          ) -> dict[tuple[int, int], list[ImageRecord]]:
-        """See :func:`data.base.images_by_cam_pid`."""
-        return images_by_cam_pid(records)
+        """Named record lists shown by ``describe``: training, validation and test sets."""
+        out = [("train", self.train)] if self.need_train else []
+        out += [(f"val {k}", v) for k, v in self.val_sets.items()]
+        return out + [(f"test {k}", v) for k, v in self.test_sets.items()]
 
     def describe(self) -> str:
         """Statistics table: ids and images per modality and camera of each subset."""
@@ -221,3 +317,18 @@ class VIReIDDataset:
             cells = [row[0].ljust(widths[0])] + [row[i].rjust(widths[i]) for i in range(1, 5)]
             lines.append("  " + "  ".join(cells) + "  " + row[5])
         return "\n".join(lines)
+
+
+# DATA.DATASET_NAME -> reader class; the config's valid dataset names are these keys.
+# ``data/__init__.py`` imports every module of the package, so a reader in a new
+# file registers itself with the decorator below.
+DATASETS: Registry = Registry("DATA.DATASET_NAME", "dataset")
+
+
+def register_dataset(name: str):
+    """Class decorator: register a ``VIReIDDataset`` under ``name`` (also its ``name``)."""
+    def add(cls: type[VIReIDDataset]) -> type[VIReIDDataset]:
+        cls.name = name
+        cls.label = cls.label or name
+        return DATASETS.register(name)(cls)
+    return add

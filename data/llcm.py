@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
+from typing import Any
+
+from yacs.config import CfgNode
 
 from data.base import (
     ImageRecord,
@@ -11,14 +15,19 @@ from data.base import (
     list_images,
     read_id_file,
     read_list_file,
+    register_dataset,
     sort_records,
 )
+from data.protocols import Setting, both_directions, seeded_gallery
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
+from utils.metrics import RankingRule
 
 _CAM = re.compile(r"cam(\d+)")
+VIS_CAMS, NIR_CAMS = tuple(range(1, 10)), (1, 2, 4, 5, 6, 7, 8, 9)
 
 
+@register_dataset("llcm")
 class LLCM(VIReIDDataset):
     """LLCM: training lists in ``idx/``, test images under ``test_vis/`` and ``test_nir/``.
 
@@ -26,17 +35,20 @@ class LLCM(VIReIDDataset):
     relabelled 0..N-1 together (sorted label order); the camera is read from the
     ``cam<c>`` part of each path.
 
-    Attributes:
-        train: training records.
-        test_vis: visible images of the ids in ``idx/test_id.txt``, sorted by (cam, pid, file).
-        test_nir: near-infrared images of the same ids, same order.
+    Evaluation sets: ``visible`` and ``infrared`` = the test ids' images under
+    ``test_vis/`` and ``test_nir/``, sorted by (cam, pid, file). Protocol (the
+    CVPR 2023 paper's definition): infrared->visible (the headline) and
+    visible->infrared; all images of one modality are queries, each gallery
+    trial takes one seeded random image per id per camera of the other
+    (``random.seed(trial - 1)``, 10 trials); a query skips gallery images of its
+    own id seen by its camera; de-duplicated CMC.
     """
 
-    name = "llcm"
+    label = "LLCM"
     layout = "idx/train_{vis,nir}.txt, idx/test_id.txt, test_vis/ and test_nir/cam<c>/<pid:04d>/"
 
-    def title(self) -> str:
-        return "LLCM"
+    headline = "infrared-to-visible"
+    rule = RankingRule("llcm", skip="id_camera", dedup_cmc=True)
 
     def _train(self, band: str, modality: int) -> list[ImageRecord]:
         list_path = os.path.join(self.root, "idx", f"train_{band}.txt")
@@ -73,9 +85,16 @@ class LLCM(VIReIDDataset):
             records = self._train("vis", VISIBLE) + self._train("nir", INFRARED)
             self.train = keep_two_modality_ids(records, f"{self.title()} training set")
         ids = read_id_file(os.path.join(self.root, "idx", "test_id.txt"), self.title())
-        self.test_vis = self._test("vis", VISIBLE, ids)
-        self.test_nir = self._test("nir", INFRARED, ids)
+        self.test_sets = {"visible": self._test("vis", VISIBLE, ids),
+                          "infrared": self._test("nir", INFRARED, ids)}
 
-    def subsets(self) -> list[tuple[str, list[ImageRecord]]]:
-        return super().subsets() + [("test visible", self.test_vis),
-                                    ("test near-infrared", self.test_nir)]
+    def settings(self, cfg: CfgNode, sets: dict[str, list[ImageRecord]], split: str = "test",
+                 trials: Sequence[int] | None = None, monitor: bool = False,
+                 **options: Any) -> tuple[list[Setting], dict[str, Any]]:
+        """Infrared->visible, then visible->infrared, over seeded single-shot galleries."""
+        trials = tuple(trials or range(1, cfg.TEST.NUM_TRIALS + 1))
+        samplers = {"visible": seeded_gallery(sets["visible"], VIS_CAMS),
+                    "infrared": seeded_gallery(sets["infrared"], NIR_CAMS)}
+        info = {"gallery_sampling": "random", "gallery_trials": list(trials),
+                "trial_note": "trial t = random.seed(t - 1)"}
+        return both_directions(("infrared", "visible"), self.rule, trials, samplers), info

@@ -1,7 +1,14 @@
-"""SYSU-MM01 reader: six cameras (1, 2, 4, 5 RGB; 3, 6 infrared), id lists in exp/."""
+"""SYSU-MM01: six cameras (1, 2, 4, 5 RGB; 3, 6 infrared), id lists in exp/, and its protocol."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.io
+from yacs.config import CfgNode
 
 from data.base import (
     ImageRecord,
@@ -9,32 +16,158 @@ from data.base import (
     keep_two_modality_ids,
     list_images,
     read_id_file,
+    register_dataset,
     sort_records,
 )
-from utils.constants import INFRARED, SYSU_IR_CAMS, SYSU_RGB_CAMS, VISIBLE
+from data.protocols import Setting, group_by_id_camera, seeded_gallery
+from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
+from utils.metrics import RankingRule
+
+RGB_CAMS = (1, 2, 4, 5)
+IR_CAMS = (3, 6)
+SEARCH_CAMS = {"all": RGB_CAMS, "indoor": (1, 2)}
+SHOTS = (1, 10)
 
 
+def setting_name(mode: str, shots: int) -> str:
+    """``all-search single-shot``, ``indoor-search multi-shot``, ..."""
+    return f"{mode}-search {'single' if shots == 1 else 'multi'}-shot"
+
+
+class SysuPermutations:
+    """The official ``rand_perm_cam.mat``: ``perm(cam, pid)`` is a (10, n) 1-based matrix."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        try:
+            table = scipy.io.loadmat(self.path)["rand_perm_cam"]
+        except FileNotFoundError:
+            raise UserError(f"SYSU-MM01 permutation file {self.path} not found") from None
+        except Exception as exc:  # noqa: BLE001 - scipy raises many types for a bad file
+            raise UserError(f"{self.path}: not the official rand_perm_cam.mat "
+                            f"({type(exc).__name__}: {exc})") from None
+        if table.shape[0] < 6:
+            raise UserError(f"{self.path}: rand_perm_cam has {table.shape[0]} cameras, "
+                            "expected 6")
+        self._table = table
+        self.num_trials = min((int(np.asarray(c).shape[0]) for cam in range(6)
+                               for c in np.asarray(table[cam, 0]).ravel()
+                               if np.asarray(c).size), default=0)
+
+    def __call__(self, cam: int, pid: int) -> np.ndarray:
+        """(trials, n) int64 matrix of 1-based indices; (0, 0) when the id is not in cam."""
+        cells = self._table[cam - 1, 0]
+        if pid > cells.shape[0]:
+            return np.zeros((0, 0), dtype=np.int64)
+        m = np.asarray(cells[pid - 1, 0])
+        return m.astype(np.int64) if m.size else np.zeros((0, 0), dtype=np.int64)
+
+
+def sample_gallery_official(records: Sequence[ImageRecord], cams: Sequence[int], trial: int,
+                            shots: int, perm: SysuPermutations) -> np.ndarray:
+    """Official SYSU-MM01 gallery of ``trial`` (1-based): the first ``shots`` entries
+    of row ``trial`` of each (camera, id) permutation, 1-based into its sorted images.
+
+    Raises:
+        UserError: the dataset's image count of a (camera, id) differs from the file's.
+
+    Returns:
+        (n,) int64 indices into ``records``, ordered by (pid, camera order).
+    """
+    groups = group_by_id_camera(records)
+    out: list[int] = []
+    for pid in sorted({p for p, _ in groups}):
+        for cam in cams:
+            files = groups.get((pid, cam), [])
+            m = perm(cam, pid)
+            if m.shape[1] != len(files):
+                raise UserError(
+                    f"{perm.path}: lists {m.shape[1]} images for id {pid} in cam{cam} but "
+                    f"the dataset has {len(files)}; use TEST.GALLERY random for this dataset")
+            if files:
+                out.extend(files[j - 1] for j in m[trial - 1, :shots])
+    return np.asarray(out, dtype=np.int64)
+
+
+def resolve_gallery(choice: str, perm_path: str, root: str
+                    ) -> tuple[str, SysuPermutations | None]:
+    """Pick the gallery sampling: ``official`` (with its file) or ``random``.
+
+    Args:
+        choice: TEST.GALLERY: auto (official when the file exists), official or random.
+        perm_path: TEST.PERM_PATH; empty = ``<root>/exp/rand_perm_cam.mat``.
+        root: dataset root.
+
+    Raises:
+        UserError: official asked for (or an explicit TEST.PERM_PATH given) and
+            the file is missing or unreadable.
+    """
+    if choice == "random":
+        return "random", None
+    path = perm_path or os.path.join(root, "exp", "rand_perm_cam.mat")
+    if not Path(path).is_file():
+        if choice == "official" or perm_path:
+            where = "TEST.PERM_PATH" if perm_path else "<DATA.ROOT>/exp/rand_perm_cam.mat"
+            raise UserError(f"SYSU-MM01 official gallery: permutation file {path} not found "
+                            f"({where}); set TEST.PERM_PATH to rand_perm_cam.mat or use "
+                            "TEST.GALLERY random")
+        return "random", None
+    return "official", SysuPermutations(path)
+
+
+def search_settings(pool: Sequence[ImageRecord], rule: RankingRule, modes: Sequence[str],
+                    shots: Sequence[int], trials: Sequence[int], perm: SysuPermutations | None,
+                    query: str = "infrared", gallery: str = "visible") -> list[Setting]:
+    """Every IR query (cams 3, 6) against a sampled RGB gallery, per mode and shot count.
+
+    All-search draws from cams 1, 2, 4, 5, indoor-search from cams 1, 2; single-
+    shot takes one image per id per camera, multi-shot up to 10.
+
+    Args:
+        pool: the gallery pool (every RGB image of the evaluated ids).
+        modes: subset of ``all``, ``indoor``; shots: subset of 1, 10.
+        trials: 1-based trial numbers.
+        perm: the official permutations, or None for the seeded sampling.
+    """
+    out = []
+    for mode in modes:
+        cams = SEARCH_CAMS[mode]
+        for k in shots:
+            if perm is not None:
+                def sample(t: int, cams=cams, k=k) -> np.ndarray:
+                    return sample_gallery_official(pool, cams, t, k, perm)
+            else:
+                sample = seeded_gallery(pool, cams, k)
+            out.append(Setting(setting_name(mode, k), query, gallery, rule, tuple(trials),
+                               sample))
+    return out
+
+
+@register_dataset("sysumm")
 class SYSUMM01(VIReIDDataset):
     """SYSU-MM01 with the official id split (``exp/{train,val,test}_id.txt``).
 
     Training uses train + val ids when ``cfg.DATA.SYSU_VAL_AS_TRAIN`` (the
     field's practice), else train ids only and the val ids become a held-out
-    selection split. Training pids are relabelled 0..N-1 in sorted pid order;
+    validation split. Training pids are relabelled 0..N-1 in sorted pid order;
     evaluation records keep the dataset's pids. Every list is sorted by
     (cam, pid, file name).
 
-    Attributes:
-        train: training records.
-        query: every IR image (cams 3, 6) of the test ids.
-        gallery_pool: every RGB image (cams 1, 2, 4, 5) of the test ids; the
-            protocol samples galleries from it (see ``images_by_cam_pid``).
-        val_query, val_gallery_pool: the same for the val ids, only when they
-            are held out (empty lists otherwise).
+    Evaluation sets: ``infrared`` = every IR image (cams 3, 6) of the test ids,
+    the queries; ``visible`` = every RGB image (cams 1, 2, 4, 5) of the test ids,
+    the pool galleries are sampled from. Protocol: all / indoor search x single /
+    multi-shot over 10 gallery trials, official permutation file or seeded
+    sampling; a cam-3 query skips gallery cam 2 (same room), de-duplicated CMC.
     """
 
-    name = "sysumm"
+    label = "SYSU-MM01"
     layout = "cam1/ .. cam6/<pid:04d>/<n:04d>.jpg and exp/{train,val,test}_id.txt"
+    headline = setting_name("all", 1)
+    options = ("mode", "shots", "gallery")
+    val_hint = "or DATA.SYSU_VAL_AS_TRAIN = no for the official val ids"
+    # Official camera labels [1 2 2 4 5 6]: cam 3 shares cam 2's room.
+    rule = RankingRule("sysu", skip="camera", camera_groups=((3, 2),), dedup_cmc=True)
 
     def title(self) -> str:
         if not self.need_train:
@@ -53,7 +186,7 @@ class SYSUMM01(VIReIDDataset):
             if not os.path.isdir(cam_dir):
                 raise UserError(f"{self.title()}: camera folder {cam_dir} not found "
                                 f"(expected {self.layout})")
-            modality = INFRARED if cam in SYSU_IR_CAMS else VISIBLE
+            modality = INFRARED if cam in IR_CAMS else VISIBLE
             for pid in ids:
                 folder = os.path.join(cam_dir, f"{pid:04d}")
                 if os.path.isdir(folder):
@@ -65,10 +198,12 @@ class SYSUMM01(VIReIDDataset):
                             f"({names}/<pid:04d>/)")
         return sort_records(records)
 
+    def _sets(self, ids: list[int], what: str) -> dict[str, list[ImageRecord]]:
+        return {"infrared": self._records(ids, IR_CAMS, what),
+                "visible": self._records(ids, RGB_CAMS, what)}
+
     def _load(self) -> None:
         test_ids = self._ids("test")
-        self.val_query: list[ImageRecord] = []
-        self.val_gallery_pool: list[ImageRecord] = []
         if self.need_train:
             train_ids = self._ids("train")
             val_ids = self._ids("val")
@@ -79,18 +214,35 @@ class SYSUMM01(VIReIDDataset):
             if self.cfg.DATA.SYSU_VAL_AS_TRAIN:
                 train_ids = sorted(set(train_ids) | set(val_ids))
             else:
-                self.val_query = self._records(val_ids, SYSU_IR_CAMS, "val")
-                self.val_gallery_pool = self._records(val_ids, SYSU_RGB_CAMS, "val")
-            records = self._records(train_ids, SYSU_RGB_CAMS + SYSU_IR_CAMS, "training")
+                self.val_sets = self._sets(val_ids, "val")
+            records = self._records(train_ids, RGB_CAMS + IR_CAMS, "training")
             records.sort(key=lambda r: (r.pid, r.cam, os.path.basename(r.path)))
             self.train = keep_two_modality_ids(records, f"{self.title()} training set")
-        self.query = self._records(test_ids, SYSU_IR_CAMS, "test")
-        self.gallery_pool = self._records(test_ids, SYSU_RGB_CAMS, "test")
+        self.test_sets = self._sets(test_ids, "test")
 
-    def subsets(self) -> list[tuple[str, list[ImageRecord]]]:
-        out = super().subsets()
-        if self.val_query:
-            out += [("val query (IR)", self.val_query),
-                    ("val gallery pool", self.val_gallery_pool)]
-        return out + [("query (IR)", self.query), ("gallery pool (RGB)", self.gallery_pool)]
+    def settings(self, cfg: CfgNode, sets: dict[str, list[ImageRecord]], split: str = "test",
+                 trials: Sequence[int] | None = None, monitor: bool = False,
+                 modes: Sequence[str] | None = None, shots: Sequence[int] | None = None,
+                 **options: Any) -> tuple[list[Setting], dict[str, Any]]:
+        """All / indoor search x single / multi-shot (``monitor``: all-search single-shot).
 
+        The official permutation file covers the test ids only: validation
+        galleries are always sampled with the seeded rule.
+
+        Raises:
+            UserError: the official file holds fewer trials than asked for.
+        """
+        trials = tuple(trials or range(1, cfg.TEST.NUM_TRIALS + 1))
+        choice = "random" if split == "val" else cfg.TEST.GALLERY
+        method, perm = resolve_gallery(choice, cfg.TEST.PERM_PATH, self.root)
+        if perm is not None and max(trials) > perm.num_trials:
+            raise UserError(f"{perm.path} holds {perm.num_trials} trials; TEST.NUM_TRIALS or "
+                            f"--trial asks for trial {max(trials)}")
+        if monitor:
+            modes, shots = ("all",), (1,)
+        info = {"gallery_sampling": method, "perm_path": perm.path if perm else None,
+                "gallery_trials": list(trials),
+                "trial_note": ("trial t = row t of rand_perm_cam" if perm else
+                               "trial t = random.seed(t - 1), AGW family's sampling")}
+        return (search_settings(sets["visible"], self.rule, modes or tuple(SEARCH_CAMS),
+                                shots or SHOTS, trials, perm), info)

@@ -23,11 +23,12 @@ from yacs.config import CfgNode
 
 from utils.config import config_from_ini_text
 from utils.errors import UserError
-from utils.io import atomic_torch_save
+from utils.io import atomic_torch_save, load_tensor_file
 
-# MODEL keys that do not change the network: resuming on another device or
-# without the ImageNet file at hand is fine, the weights come from the checkpoint.
-_MODEL_KEYS_FREE = {"MODEL.DEVICE", "MODEL.PRETRAIN_PATH"}
+# MODEL keys that do not change the network: resuming or testing on another
+# device or without the ImageNet file at hand is fine, the weights come from
+# the checkpoint.
+FREE_MODEL_KEYS = {"MODEL.DEVICE", "MODEL.PRETRAIN_PATH"}
 
 
 def capture_rng_state(sampler: Any = None) -> dict[str, Any]:
@@ -88,13 +89,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         UserError: the file is missing or not a checkpoint written by this project.
     """
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: checkpoint not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{p}: not a readable checkpoint ({first})") from None
+    ckpt = load_tensor_file(p, "checkpoint")
     if not isinstance(ckpt, dict):
         raise UserError(f"{p}: not a training checkpoint")
     missing = [k for k in ("model", "config", "num_classes", "epoch") if k not in ckpt]
@@ -114,6 +109,12 @@ def config_differences(old: CfgNode, new: CfgNode) -> list[tuple[str, Any, Any]]
     return diffs
 
 
+def model_differences(old: CfgNode, new: CfgNode) -> list[tuple[str, Any, Any]]:
+    """The MODEL keys that change the network between two configs, as (key, old, new)."""
+    return [d for d in config_differences(old, new)
+            if d[0].startswith("MODEL.") and d[0] not in FREE_MODEL_KEYS]
+
+
 def check_resume_compatible(ckpt: dict[str, Any], cfg: CfgNode, num_classes: int,
                             where: str) -> list[tuple[str, Any, Any]]:
     """Refuse a resume into a different network; return the other changed keys.
@@ -124,7 +125,7 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: CfgNode, num_classes: int
     """
     old = config_from_ini_text(ckpt["config"], where=f"{where} (saved config)")
     diffs = config_differences(old, cfg)
-    model_diffs = [d for d in diffs if d[0].startswith("MODEL.") and d[0] not in _MODEL_KEYS_FREE]
+    model_diffs = model_differences(old, cfg)
     problems = [f"{k}: {a!r} -> {b!r}" for k, a, b in model_diffs]
     if int(ckpt["num_classes"]) != num_classes:
         problems.append(f"number of classes: {int(ckpt['num_classes'])} -> {num_classes}")

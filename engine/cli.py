@@ -56,21 +56,29 @@ def parse_train_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
     return args, cfg
 
 
-def parse_trials(text: str | None, default: int) -> list[int]:
-    """``None`` -> [default]; ``"3"`` -> [3]; ``"1,2"`` -> [1, 2]; ``"all"`` -> 1..10.
+def parse_trials(text: str | None, maximum: int | None, flag: str = "--trial"
+                 ) -> list[int] | None:
+    """A trial option: ``None`` -> None (the caller's default); ``"all"`` -> 1..maximum
+    (None when ``maximum`` is None: every trial of the protocol); ``"3"`` -> [3];
+    ``"1,2"`` -> [1, 2].
+
+    Args:
+        text: the option's value.
+        maximum: the largest valid trial (a dataset's split count), or None (any >= 1).
 
     Raises:
-        UserError: not a trial number in 1..10.
+        UserError: not a trial number in range, a list of them, or all.
     """
     if text is None:
-        return [default]
+        return None
     if text.strip().lower() == "all":
-        return list(range(1, 11))
-    trials = []
+        return list(range(1, maximum + 1)) if maximum else None
+    trials: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit() or not 1 <= int(part) <= 10:
-            raise UserError(f"--trial {text}: expected a trial number 1..10, a comma-separated "
+        if not part.isdigit() or int(part) < 1 or (maximum and int(part) > maximum):
+            span = f"1..{maximum}" if maximum else ">= 1"
+            raise UserError(f"{flag} {text}: expected a trial number {span}, a comma-separated "
                             "list of them, or all")
         if int(part) not in trials:
             trials.append(int(part))
@@ -82,4 +90,4 @@ def require_dataset(cfg: CfgNode, names: tuple[str, ...], script: str) -> None:
     if cfg.DATA.DATASET_NAME not in names:
         raise UserError(
             f"{script} trains {' or '.join(names)} but the config has DATA.DATASET_NAME = "
-            f"{cfg.DATA.DATASET_NAME}; use train_{cfg.DATA.DATASET_NAME}.py")
+            f"{cfg.DATA.DATASET_NAME}; use train.py, which trains any dataset")

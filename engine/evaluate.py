@@ -1,8 +1,9 @@
 """Run a dataset's evaluation protocol on a model and report its figures.
 
-``evaluate(cfg, model, dataset)`` extracts every feature set once, runs each
-setting of the protocol (every trial's gallery indexes the precomputed
-features) and returns a JSON-serialisable dict::
+``evaluate(cfg, model, dataset)`` asks the dataset for its evaluation sets and
+protocol settings, extracts every set's features once, runs each setting
+(every trial's gallery indexes the precomputed features) and returns a
+JSON-serialisable dict::
 
     {"dataset": "sysumm", "split": "test",
      "protocol": {"gallery_sampling": "official", "perm_path": ..., "feature": "bn", ...},
@@ -14,11 +15,14 @@ features) and returns a JSON-serialisable dict::
      "headline": {"setting": "all-search single-shot", "R1": .., "mAP": .., "mINP": ..}}
 
 Figures are percentages; ``std`` is the sample standard deviation over trials
-(0 for a single trial).
+(0 for a single trial). Distances are computed a chunk of queries at a time
+from the features (on their device), so no query x gallery matrix is ever
+whole, except for k-reciprocal re-ranking, which needs it.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,20 +30,12 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from data.base import ImageRecord
-from engine.inference import extract_record_features, pairwise_distance
-from engine.protocols import (
-    SYSU_SEARCH_CAMS,
-    SYSU_SHOTS,
-    Setting,
-    llcm_settings,
-    regdb_settings,
-    resolve_sysu_gallery,
-    sysu_settings,
-)
-from utils.errors import UserError
-from utils.metrics import evaluate_ranking
-from utils.rerank import k_reciprocal_rerank
+from data import DATASETS
+from data.base import ImageRecord, VIReIDDataset
+from data.protocols import Setting
+from engine.inference import extract_record_features
+from utils.metrics import FeatureDistances, evaluate_ranking, feature_distance
+from utils.rerank import check_rerank_size, k_reciprocal_rerank
 
 RANKS = (1, 5, 10, 20)
 FIGURES = ("mAP", "mINP")
@@ -47,62 +43,21 @@ FIGURES = ("mAP", "mINP")
 Log = Callable[[str], None]
 
 
-def evaluation_sets(dataset: Any, split: str = "test") -> dict[str, list[ImageRecord]]:
-    """The record lists a dataset's protocol extracts features of, by name.
+@dataclass
+class Evaluation:
+    """One evaluation: its results and what they were computed from.
 
-    Args:
-        dataset: a reader from ``data.build_dataset``.
-        split: ``test``, or ``val`` (SYSU-MM01 with the val ids held out).
-
-    Raises:
-        UserError: ``val`` asked of a dataset without a held-out val split.
+    Attributes:
+        results: the results dict (module docstring).
+        settings: the protocol's settings.
+        sets: the evaluation record lists by set name.
+        feats: ``{set name: (N, D) float32}`` features, rows in record order.
     """
-    name = dataset.name
-    if split == "val":
-        if name != "sysumm" or not getattr(dataset, "val_query", None):
-            raise UserError(f"{name}: no held-out val split (only SYSU-MM01 with "
-                            "DATA.SYSU_VAL_AS_TRAIN = no has one)")
-        return {"query": dataset.val_query, "gallery": dataset.val_gallery_pool}
-    if name == "sysumm":
-        return {"query": dataset.query, "gallery": dataset.gallery_pool}
-    if name == "regdb":
-        return {"visible": dataset.test_visible, "thermal": dataset.test_thermal}
-    if name == "llcm":
-        return {"visible": dataset.test_vis, "infrared": dataset.test_nir}
-    raise ValueError(f"no evaluation protocol for dataset {name!r}")
 
-
-def build_settings(cfg: CfgNode, dataset: Any, sets: dict[str, list[ImageRecord]],
-                   trials: Sequence[int] | None = None, modes: Sequence[str] | None = None,
-                   shots: Sequence[int] | None = None) -> tuple[list[Setting], dict[str, Any]]:
-    """The settings of the dataset's protocol and a description of the variant.
-
-    Args:
-        cfg: TEST.GALLERY, TEST.PERM_PATH and TEST.NUM_TRIALS (SYSU-MM01, LLCM)
-            and DATA.TRIAL (RegDB) apply.
-        dataset: the reader (its ``name`` and ``root``).
-        sets: from :func:`evaluation_sets`.
-        trials: gallery trials (1-based) for SYSU-MM01 / LLCM; default 1..TEST.NUM_TRIALS.
-        modes, shots: SYSU-MM01 subsets (default all, indoor x 1, 10).
-    """
-    trials = tuple(trials or range(1, cfg.TEST.NUM_TRIALS + 1))
-    info: dict[str, Any] = {}
-    if dataset.name == "sysumm":
-        method, perm = resolve_sysu_gallery(cfg.TEST.GALLERY, cfg.TEST.PERM_PATH, dataset.root)
-        info.update(gallery_sampling=method, perm_path=perm.path if perm else None,
-                    gallery_trials=list(trials),
-                    trial_note=("trial t = row t of rand_perm_cam" if perm else
-                                "trial t = random.seed(t - 1), AGW family's sampling"))
-        settings = sysu_settings(sets["gallery"], modes or tuple(SYSU_SEARCH_CAMS),
-                                 shots or SYSU_SHOTS, trials, method, perm)
-    elif dataset.name == "regdb":
-        info.update(regdb_trial=cfg.DATA.TRIAL)
-        settings = regdb_settings(cfg.DATA.TRIAL)
-    else:
-        info.update(gallery_sampling="random", gallery_trials=list(trials),
-                    trial_note="trial t = random.seed(t - 1)")
-        settings = llcm_settings(sets["visible"], sets["infrared"], trials)
-    return settings, info
+    results: dict[str, Any]
+    settings: list[Setting]
+    sets: dict[str, list[ImageRecord]]
+    feats: dict[str, torch.Tensor]
 
 
 def figures(cmc: np.ndarray, m_ap: float, m_inp: float) -> dict[str, Any]:
@@ -125,9 +80,12 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
-    """The first setting's mean figures (SYSU all-search single-shot, RegDB visible-to-
-    thermal, LLCM infrared-to-visible when evaluated)."""
-    name, entry = next(iter(results["settings"].items()))
+    """The mean figures of the dataset's headline setting (the first setting evaluated
+    when the headline was not)."""
+    name = DATASETS[results["dataset"]].headline
+    if name not in results["settings"]:
+        name = next(iter(results["settings"]))
+    entry = results["settings"][name]
     return {"setting": name, **{k: entry["mean"][k] for k in ("R1", "mAP", "mINP")
                                 if k in entry["mean"]}}
 
@@ -139,12 +97,15 @@ def evaluate_features(cfg: CfgNode, settings: Sequence[Setting],
 
     Args:
         cfg: TEST.NORM, TEST.DISTANCE, TEST.RERANK* and TEST.MAX_RANK apply.
-        settings: from :func:`build_settings`.
+        settings: from the dataset's ``settings``.
         feats: (N_name, D) features per set name (rows in record order).
         sets: the record lists per set name.
 
     Returns:
         ``{setting name: entry}`` as in the module docstring.
+
+    Raises:
+        UserError: re-ranking asked for a query + gallery beyond its size limit.
     """
     distance, norm = cfg.TEST.DISTANCE, cfg.TEST.NORM
     labels = {k: (np.array([r.pid for r in v]), np.array([r.cam for r in v]))
@@ -156,17 +117,18 @@ def evaluate_features(cfg: CfgNode, settings: Sequence[Setting],
         q_pids, q_cams = labels[setting.query]
         g_all = feats[setting.gallery]
         g_pids_all, g_cams_all = labels[setting.gallery]
-        if cfg.TEST.RERANK and setting.query not in self_dist:
-            self_dist[setting.query] = pairwise_distance(q_feat, q_feat, distance, norm)
-        entry: dict[str, Any] = {"query": len(q_pids), "rule": setting.rule, "trials": []}
+        entry: dict[str, Any] = {"query": len(q_pids), "rule": setting.rule.name, "trials": []}
         for trial in setting.trials:
-            idx = (np.arange(len(g_pids_all)) if setting.sample is None
-                   else setting.sample(trial))
+            idx = setting.gallery_indices(trial, len(g_pids_all))
             g_feat = g_all[torch.from_numpy(idx).to(g_all.device)]
-            dist = pairwise_distance(q_feat, g_feat, distance, norm)
+            dist: FeatureDistances | torch.Tensor = FeatureDistances(q_feat, g_feat, distance,
+                                                                     norm)
             if cfg.TEST.RERANK:
-                g_g = pairwise_distance(g_feat, g_feat, distance, norm)
-                dist = k_reciprocal_rerank(dist, self_dist[setting.query], g_g,
+                check_rerank_size(len(q_feat), len(g_feat))
+                if setting.query not in self_dist:
+                    self_dist[setting.query] = feature_distance(q_feat, q_feat, distance, norm)
+                dist = k_reciprocal_rerank(dist.full(), self_dist[setting.query],
+                                           feature_distance(g_feat, g_feat, distance, norm),
                                            cfg.TEST.RERANK_K1, cfg.TEST.RERANK_K2,
                                            cfg.TEST.RERANK_LAMBDA)
             cmc, m_ap, m_inp = evaluate_ranking(dist, q_pids, g_pids_all[idx], q_cams,
@@ -189,30 +151,37 @@ def extract_sets(cfg: CfgNode, model: nn.Module, sets: dict[str, list[ImageRecor
             for name, records in sets.items()}
 
 
-def evaluate(cfg: CfgNode, model: nn.Module, dataset: Any, *, split: str = "test",
-             trials: Sequence[int] | None = None, modes: Sequence[str] | None = None,
-             shots: Sequence[int] | None = None, device: torch.device | None = None,
-             log: Log | None = None) -> dict[str, Any]:
-    """Evaluate ``model`` with the protocol of ``dataset`` (see the module docstring).
+def run_evaluation(cfg: CfgNode, model: nn.Module, dataset: VIReIDDataset, *,
+                   split: str = "test", trials: Sequence[int] | None = None,
+                   monitor: bool = False, options: dict[str, Any] | None = None,
+                   device: torch.device | None = None, log: Log | None = None) -> Evaluation:
+    """Evaluate ``model`` with the protocol of ``dataset``; keep the features and settings.
 
     Args:
         cfg: the configuration (DATA.* for the loader, TEST.* for the protocol).
         model: eval-mode ``model(img, modality)`` returns (B, D) features.
         dataset: a reader from ``data.build_dataset`` (test lists are enough).
-        split: ``test`` or ``val`` (SYSU-MM01 with held-out val ids).
-        trials, modes, shots: restrict the protocol (see :func:`build_settings`).
+        split: ``test`` or ``val`` (identities held out of training).
+        trials: gallery trials (1-based); default the protocol's.
+        monitor: only the settings the dataset computes during training.
+        options: the dataset's protocol options (e.g. SYSU-MM01 ``modes``, ``shots``).
         device: where to run; default the model's device.
         log: called with progress lines (per-trial figures), if given.
-
-    Returns:
-        The results dict, figures in %.
     """
     device = device or next(model.parameters()).device
-    sets = evaluation_sets(dataset, split)
-    settings, info = build_settings(cfg, dataset, sets, trials, modes, shots)
+    sets = dataset.eval_sets(split)
+    settings, info = dataset.settings(cfg, sets, split=split, trials=trials, monitor=monitor,
+                                      **(options or {}))
     feats = extract_sets(cfg, model, sets, device, split)
-    return assemble(cfg, dataset.name, split, info,
-                    evaluate_features(cfg, settings, feats, sets, log))
+    results = assemble(cfg, dataset.name, split, info,
+                       evaluate_features(cfg, settings, feats, sets, log))
+    return Evaluation(results, settings, sets, feats)
+
+
+def evaluate(cfg: CfgNode, model: nn.Module, dataset: VIReIDDataset, **kwargs: Any
+             ) -> dict[str, Any]:
+    """The results dict of :func:`run_evaluation` (same arguments), figures in %."""
+    return run_evaluation(cfg, model, dataset, **kwargs).results
 
 
 def assemble(cfg: CfgNode, dataset_name: str, split: str, info: dict[str, Any],
@@ -230,7 +199,7 @@ def assemble(cfg: CfgNode, dataset_name: str, split: str, info: dict[str, Any],
 
 
 def describe_protocol(results: dict[str, Any]) -> str:
-    """One line: dataset, split, feature processing and (where sampled) the gallery."""
+    """One line: dataset, split, feature processing and the dataset's own variant."""
     p = results["protocol"]
     rerank = p["rerank"]
     parts = [f"{results['dataset']} {results['split']}: feature {p['feature']}",
@@ -238,14 +207,8 @@ def describe_protocol(results: dict[str, Any]) -> str:
              f"flip {'yes' if p['flip'] else 'no'}",
              (f"re-ranking k1={rerank['k1']} k2={rerank['k2']} lambda={rerank['lambda']}"
               if rerank else "no re-ranking")]
-    if "gallery_sampling" in p:
-        source = f" ({p['perm_path']})" if p.get("perm_path") else ""
-        parts.append(f"gallery {p['gallery_sampling']}{source}, {p['trial_note']}")
-    if "regdb_trial" in p:
-        trials = p["regdb_trial"]
-        parts.append(f"RegDB trials {', '.join(map(str, trials))}, one model each"
-                     if isinstance(trials, list) else f"RegDB trial {trials}")
-    return "; ".join(parts)
+    own = DATASETS[results["dataset"]].describe_protocol(p)
+    return "; ".join(parts + ([own] if own else []))
 
 
 def format_tables(results: dict[str, Any]) -> str:

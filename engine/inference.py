@@ -1,23 +1,22 @@
-"""Feature extraction and distances for evaluation."""
+"""Feature extraction for evaluation."""
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode
 
 from data.base import ImageRecord
 from data.build import make_test_loader
+from engine.runtime import amp_dtype
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     if device.type != "cuda" or not enabled:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type="cuda", dtype=amp_dtype())
 
 
 def extract_features(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
@@ -82,26 +81,3 @@ def extract_record_features(cfg: CfgNode, model: nn.Module, records: Sequence[Im
     loader = make_test_loader(cfg, list(records), split=name)
     return extract_features(model, loader, len(records), device, flip=cfg.TEST.FLIP,
                             amp=cfg.TRAIN.AMP, channels_last=cfg.TRAIN.CHANNELS_LAST)
-
-
-def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean",
-                      normalize: bool = True) -> torch.Tensor:
-    """Distances between two feature sets (smaller is closer).
-
-    Args:
-        x: (M, D) features; y: (N, D) features.
-        metric: ``euclidean`` (squared) or ``cosine`` (1 - cosine similarity).
-        normalize: L2-normalise the features first (TEST.NORM).
-
-    Returns:
-        (M, N) float32 distances on ``x``'s device.
-    """
-    x, y = x.float(), y.float()
-    if normalize:
-        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
-    if metric == "cosine":
-        return 1 - F.normalize(x, dim=1) @ F.normalize(y, dim=1).t()
-    if metric != "euclidean":
-        raise ValueError(f"unknown distance {metric!r}: expected euclidean or cosine")
-    sq = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1)[None]
-    return sq.addmm_(x, y.t(), beta=1, alpha=-2).clamp_(min=0)

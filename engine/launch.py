@@ -1,10 +1,13 @@
 """What the training scripts do: one run = train, select, test with the dataset's protocol.
 
-``train_regdb.py`` trains one model per RegDB trial into ``OUTPUT_PATH/trial_<n>/``
-(several trials add ``summary.txt`` / ``summary.json``); ``train_sysumm.py`` and
-``train_llcm.py`` train one model into ``OUTPUT_PATH``. Every run folder gets
-``config.ini``, ``log.txt``, ``metrics.jsonl``, ``last.pth`` (``best.pth`` when
-selecting on val or test), TensorBoard scalars and ``results.json``.
+A dataset in fixed train/test splits (RegDB) trains one model per split
+(``--trial``) into ``OUTPUT_PATH/trial_<n>/`` (several trials add
+``summary.txt`` / ``summary.json``); any other dataset trains one model into
+``OUTPUT_PATH``. Every run folder gets ``config.ini``, ``log.txt``,
+``metrics.jsonl``, ``last.pth`` (``best.pth`` when selecting on val or test),
+TensorBoard scalars and ``results.json``. ``train.py`` trains any registered
+dataset; ``train_regdb.py``, ``train_sysumm.py`` and ``train_llcm.py`` are the
+same with a check of the config's dataset.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch
 from yacs.config import CfgNode
 
 import data
+from data import DATASETS
 from engine.cli import AUTO, parse_train_args, parse_trials, require_dataset, train_parser
 from engine.distributed import (
     DistInfo,
@@ -29,7 +33,7 @@ from engine.evaluate import evaluate, format_tables
 from engine.logger import close_logger, setup_logger
 from engine.selection import PURPOSE, periodic_evaluation
 from engine.summary import format_summary, summary_table
-from engine.tester import merge_regdb_trials
+from engine.tester import merge_split_trials
 from engine.trainer import Trainer
 from utils.config import config_to_ini
 from utils.errors import UserError
@@ -120,26 +124,39 @@ def train_and_test(cfg: CfgNode, resume: Path | None, info: DistInfo,
         close_logger()
 
 
-def _main(script: str, dataset_names: tuple[str, ...], title: str,
-          argv: Sequence[str] | None) -> int:
-    trials_flag = dataset_names == ("regdb",)
+def train_main(script: str, dataset: str | None, argv: Sequence[str] | None = None) -> int:
+    """The training entry point: parse, then train (one model, or one per split trial).
+
+    Args:
+        script: the script's name, for messages.
+        dataset: the only dataset this script trains, or None for any.
+        argv: the command line (default ``sys.argv[1:]``).
+    """
+    title = DATASETS[dataset].label if dataset else "any registered dataset"
+    trials_flag = dataset is None or DATASETS[dataset].split_trials > 0
     args, cfg = parse_train_args(train_parser(script, title, trials=trials_flag), argv)
-    require_dataset(cfg, dataset_names, script)
+    if dataset is not None:
+        require_dataset(cfg, (dataset,), script)
+    splits = DATASETS[cfg.DATA.DATASET_NAME].split_trials
+    trial = getattr(args, "trial", None)
+    if trial is not None and not splits:
+        raise UserError(f"--trial selects the train/test split of a dataset in fixed splits; "
+                        f"{DATASETS[cfg.DATA.DATASET_NAME].label} has one split")
     info, device = init_distributed(cfg)
     try:
-        if not trials_flag:
+        if not splits:
             train_and_test(cfg, resolve_resume(args.resume, cfg), info, device)
-            return 0
-        run_regdb_trials(cfg, parse_trials(args.trial, cfg.DATA.TRIAL), args.resume,
-                         info, device)
+        else:
+            run_split_trials(cfg, parse_trials(trial, splits) or [cfg.DATA.TRIAL], args.resume,
+                             info, device)
         return 0
     finally:
         shutdown_distributed()
 
 
-def run_regdb_trials(cfg: CfgNode, trials: list[int], resume: str | None, info: DistInfo,
+def run_split_trials(cfg: CfgNode, trials: list[int], resume: str | None, info: DistInfo,
                      device: torch.device) -> dict[str, Any] | None:
-    """One model per trial into OUTPUT_PATH/trial_<n>/; several trials add the summary.
+    """One model per split trial into OUTPUT_PATH/trial_<n>/; several trials add the summary.
 
     Returns:
         On rank 0 with several trials, the summary dict (also in summary.json).
@@ -156,9 +173,10 @@ def run_regdb_trials(cfg: CfgNode, trials: list[int], resume: str | None, info: 
         per_trial.append(results)
     if len(trials) < 2 or not info.is_main:
         return None
-    merged = merge_regdb_trials(per_trial)
+    merged = merge_split_trials(per_trial)
     table = summary_table(merged)
-    text = format_summary(table, trials, f"RegDB, one model per trial ({root})")
+    title = DATASETS[cfg.DATA.DATASET_NAME].label
+    text = format_summary(table, trials, f"{title}, one model per trial ({root})")
     summary = {"trials": trials, "checkpoints": [r["checkpoint"] for r in per_trial],
                "selection": per_trial[0]["selection"]["select"], "std": "sample (ddof=1)",
                "summary": table, "results": merged}
@@ -166,18 +184,3 @@ def run_regdb_trials(cfg: CfgNode, trials: list[int], resume: str | None, info: 
     atomic_write_text(root / "summary.txt", text)
     print(text, end="")
     return summary
-
-
-def main_regdb(argv: Sequence[str] | None = None) -> int:
-    """``train_regdb.py``."""
-    return _main("train_regdb.py", ("regdb",), "RegDB", argv)
-
-
-def main_sysumm(argv: Sequence[str] | None = None) -> int:
-    """``train_sysumm.py``."""
-    return _main("train_sysumm.py", ("sysumm",), "SYSU-MM01", argv)
-
-
-def main_llcm(argv: Sequence[str] | None = None) -> int:
-    """``train_llcm.py``."""
-    return _main("train_llcm.py", ("llcm",), "LLCM", argv)

@@ -39,8 +39,13 @@ def preserved_rng() -> Iterator[None]:
         restore_rng_state(state)
 
 
+def amp_dtype() -> torch.dtype:
+    """The mixed-precision type on CUDA: bf16 where the GPU supports it, else fp16."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def amp_settings(cfg: CfgNode, device: torch.device) -> tuple[bool, torch.dtype]:
-    """(enabled, dtype) of autocast: bf16 where the GPU supports it, else fp16."""
+    """(enabled, dtype) of autocast: TRAIN.AMP on CUDA, with :func:`amp_dtype`."""
     if device.type != "cuda" or not cfg.TRAIN.AMP:
         return False, torch.float32
-    return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return True, amp_dtype()

@@ -1,9 +1,10 @@
 """Honest model selection: what each evaluation during training is for.
 
 ``TRAIN.SELECT``: ``last`` keeps the final epoch; ``val`` keeps the best epoch
-on held-out ids (SYSU-MM01 with DATA.SYSU_VAL_AS_TRAIN = no); ``test`` keeps
-the best epoch on the test set, the field's habit, allowed but labelled
-"selected on the test set" in every log line and JSON record.
+on identities held out of training (DATA.VAL_IDS, or a dataset's own val
+split); ``test`` keeps the best epoch on the test set, the field's habit,
+allowed but labelled "selected on the test set" in every log line and JSON
+record.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
+from data.base import VIReIDDataset
 from engine.evaluate import evaluate
-from utils.errors import UserError
 
 # What the evaluation figures are for, written next to them in logs and JSON.
 PURPOSE = {
@@ -54,47 +55,28 @@ class PeriodicEval:
     purpose: str
 
 
-def has_val_split(dataset: Any) -> bool:
-    """Whether the dataset holds ids out of training for validation (SYSU-MM01 only)."""
-    return bool(getattr(dataset, "val_query", None))
-
-
-def periodic_evaluation(cfg: CfgNode, dataset: Any, device: torch.device
+def periodic_evaluation(cfg: CfgNode, dataset: VIReIDDataset, device: torch.device
                         ) -> PeriodicEval | None:
     """The evaluation run every TRAIN.EVAL_PERIOD epochs, or None.
 
-    SELECT val: the held-out val ids (SYSU-MM01 with DATA.SYSU_VAL_AS_TRAIN no),
-    refused elsewhere. SELECT test: the test set, labelled as selection on it.
-    SELECT last: val ids when held out, else the test set, for monitoring only.
-    SYSU-MM01 monitors all-search single-shot; the selection score is the
-    headline R1 (SYSU all-search single-shot, RegDB visible-to-thermal, LLCM
-    infrared-to-visible).
+    SELECT val: the validation split, refused when the dataset has none.
+    SELECT test: the test set, labelled as selection on it. SELECT last: the
+    validation split when there is one, else the test set, for monitoring only.
+    The dataset's protocol runs in its monitoring form (e.g. SYSU-MM01
+    all-search single-shot only); the selection score is the headline R1.
 
     Raises:
-        UserError: SELECT val on a dataset without a val split.
+        UserError: SELECT val on a dataset without a validation split.
     """
     select = cfg.TRAIN.SELECT
-    if select == "val" and not has_val_split(dataset):
-        if dataset.name == "sysumm":
-            raise UserError("TRAIN.SELECT = val needs held-out val ids: set "
-                            "DATA.SYSU_VAL_AS_TRAIN = no (or TRAIN.SELECT = last)")
-        raise UserError(f"TRAIN.SELECT = val: {dataset.name} has no val split (only SYSU-MM01 "
-                        "with DATA.SYSU_VAL_AS_TRAIN = no); use last, or test (labelled as "
-                        "selected on the test set)")
+    if select == "val":
+        dataset.eval_sets("val")  # refuses a dataset without a validation split
     if select == "last" and cfg.TRAIN.EVAL_PERIOD == 0:
         return None
-    split = "val" if select == "val" or (select == "last" and has_val_split(dataset)) else "test"
-    eval_cfg = cfg
-    if split == "val":
-        # The official gallery permutations cover the test ids only.
-        eval_cfg = cfg.clone()
-        eval_cfg.defrost()
-        eval_cfg.TEST.GALLERY, eval_cfg.TEST.PERM_PATH = "random", ""
-        eval_cfg.freeze()
-    sysu = {"modes": ("all",), "shots": (1,)} if dataset.name == "sysumm" else {}
+    split = "val" if select == "val" or (select == "last" and dataset.has_val) else "test"
 
     def run(model: nn.Module) -> EvalResult:
-        res = evaluate(eval_cfg, model, dataset, split=split, device=device, **sysu)
+        res = evaluate(cfg, model, dataset, split=split, device=device, monitor=True)
         figures = {name: dict(entry["mean"]) for name, entry in res["settings"].items()}
         return EvalResult(score=float(res["headline"]["R1"]), figures=figures)
 

@@ -6,6 +6,11 @@ TEST settings) but its MODEL keys must equal the checkpoint's (DEVICE and
 PRETRAIN_PATH excepted); command-line overrides follow the same rule. The
 model is built with MODEL.PRETRAIN_PATH = '' (the weights come from the
 checkpoint) and only the test images are read.
+
+Cross-dataset testing: when the DATA keys (``--config`` or overrides such as
+``DATA.DATASET_NAME llcm DATA.ROOT /data/LLCM``) name another dataset than
+the checkpoint was trained on, the model is tested with that dataset's
+protocol; only its embedding is used, and the results say ``trained_on``.
 """
 from __future__ import annotations
 
@@ -20,18 +25,11 @@ import torch
 from yacs.config import CfgNode
 
 import data
-from engine.checkpoint import config_differences, load_checkpoint
+from data import DATASETS, VIReIDDataset
+from engine.checkpoint import load_checkpoint, model_differences
+from engine.cli import parse_trials
 from engine.distributed import resolve_device
-from engine.evaluate import (
-    assemble,
-    build_settings,
-    evaluate_features,
-    evaluation_sets,
-    extract_sets,
-    format_tables,
-    headline,
-    summarize,
-)
+from engine.evaluate import format_tables, headline, run_evaluation, summarize
 from engine.visual import write_pictures
 from modeling import build_model
 from utils.config import (
@@ -44,10 +42,6 @@ from utils.config import (
 )
 from utils.errors import UserError
 from utils.io import atomic_write_bytes, atomic_write_text
-
-# MODEL keys that do not change the network.
-_FREE_MODEL_KEYS = {"MODEL.DEVICE", "MODEL.PRETRAIN_PATH"}
-REGDB_TRIALS = tuple(range(1, 11))
 
 
 @dataclass
@@ -88,10 +82,9 @@ def resolve_config(ckpt: dict[str, Any], path: str, opts: TestOptions) -> CfgNod
     else:
         cfg = _with_overrides(config_to_ini(saved), f"{path} (saved config)", opts.overrides)
         source = "command line"
-    for key, before, now in config_differences(saved, cfg):
-        if key.startswith("MODEL.") and key not in _FREE_MODEL_KEYS:
-            raise UserError(f"{source}: {key} = {now!r} but the checkpoint {path} was trained "
-                            f"with {before!r}; the MODEL keys must match the checkpoint")
+    for key, before, now in model_differences(saved, cfg):
+        raise UserError(f"{source}: {key} = {now!r} but the checkpoint {path} was trained "
+                        f"with {before!r}; the MODEL keys must match the checkpoint")
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.PRETRAIN_PATH = ""
@@ -132,24 +125,24 @@ def load_model(cfg: CfgNode, ckpt: dict[str, Any], path: str) -> torch.nn.Module
     return model
 
 
-def _parse_trial(text: str | None, dataset: str) -> list[int] | None:
-    if text is None:
-        return None
-    if text.strip().lower() == "all":
-        return list(REGDB_TRIALS) if dataset == "regdb" else []
-    if not text.strip().isdigit() or int(text) < 1 or (dataset == "regdb" and int(text) > 10):
-        what = "a RegDB trial 1..10" if dataset == "regdb" else "a gallery trial number >= 1"
-        raise UserError(f"--trial {text}: expected {what} or all")
-    return [int(text)]
+def protocol_options(opts: TestOptions, dataset: type[VIReIDDataset]) -> dict[str, Any]:
+    """The dataset's protocol options from ``--mode`` / ``--shots`` / ``--gallery``.
 
-
-def _check_protocol_options(opts: TestOptions, dataset: str) -> None:
-    if dataset != "sysumm":
-        for flag, value in (("--mode", opts.mode), ("--shots", opts.shots),
-                            ("--gallery", opts.gallery)):
-            if value is not None:
-                raise UserError(f"{flag} applies to SYSU-MM01 only; the config's dataset "
-                                f"is {dataset}")
+    Raises:
+        UserError: an option the dataset's protocol does not have.
+    """
+    given = {"mode": opts.mode, "shots": opts.shots, "gallery": opts.gallery}
+    for flag, value in given.items():
+        if value is not None and flag not in dataset.options:
+            having = [cls.label for cls in DATASETS.values() if flag in cls.options]
+            raise UserError(f"--{flag} applies to {', '.join(having) or 'no dataset'} only; "
+                            f"the config's dataset is {dataset.label}")
+    out: dict[str, Any] = {}
+    if opts.mode:
+        out["modes"] = [opts.mode]
+    if opts.shots:
+        out["shots"] = [opts.shots]
+    return out
 
 
 def _features_npz(chunks: dict[str, Any]) -> bytes:
@@ -159,54 +152,61 @@ def _features_npz(chunks: dict[str, Any]) -> bytes:
 
 
 def _evaluate_checkpoint(path: str, ckpt: dict[str, Any], opts: TestOptions,
-                         regdb_trial: int | None, gallery_trials: list[int] | None,
+                         split_trial: int | None, gallery_trials: list[int] | None,
                          features: dict[str, Any] | None, prefix: str
                          ) -> tuple[CfgNode, dict[str, Any]]:
     cfg = resolve_config(ckpt, path, opts)
+    saved = config_from_ini_text(str(ckpt["config"]), where=f"{path} (saved config)")
     name = cfg.DATA.DATASET_NAME
-    _check_protocol_options(opts, name)
-    if regdb_trial is not None and name == "regdb":
-        saved = config_from_ini_text(str(ckpt["config"]), where=f"{path} (saved config)")
-        if saved.DATA.DATASET_NAME == "regdb" and saved.DATA.TRIAL != regdb_trial:
-            raise UserError(f"{path} was trained on RegDB trial {saved.DATA.TRIAL}; testing it "
-                            f"on trial {regdb_trial} would test on its training ids")
+    if split_trial is not None:
+        if saved.DATA.DATASET_NAME == name and saved.DATA.TRIAL != split_trial:
+            raise UserError(f"{path} was trained on {DATASETS[name].label} trial "
+                            f"{saved.DATA.TRIAL}; testing it "
+                            f"on trial {split_trial} would test on its training ids")
         cfg.defrost()
-        cfg.DATA.TRIAL = regdb_trial
+        cfg.DATA.TRIAL = split_trial
         cfg.freeze()
     device = resolve_device(cfg)
     model = load_model(cfg, ckpt, path).to(device)
     if device.type == "cuda" and cfg.TRAIN.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     dataset = data.build_dataset(cfg, verbose=True, need_train=False)
-    sets = evaluation_sets(dataset)
-    settings, info = build_settings(
-        cfg, dataset, sets, trials=gallery_trials or None,
-        modes=[opts.mode] if opts.mode else None, shots=[opts.shots] if opts.shots else None)
-    feats = extract_sets(cfg, model, sets, device)
+    ev = run_evaluation(cfg, model, dataset, trials=gallery_trials, device=device,
+                        options=protocol_options(opts, type(dataset)))
     if features is not None:
-        for k, recs in sets.items():
-            features[f"{prefix}{k}_feat"] = feats[k].cpu().numpy()
+        for k, recs in ev.sets.items():
+            features[f"{prefix}{k}_feat"] = ev.feats[k].cpu().numpy()
             features[f"{prefix}{k}_pid"] = np.array([r.pid for r in recs])
             features[f"{prefix}{k}_cam"] = np.array([r.cam for r in recs])
             features[f"{prefix}{k}_path"] = np.array([r.path for r in recs])
-    results = assemble(cfg, name, "test", info, evaluate_features(cfg, settings, feats, sets))
+    results = ev.results
+    if saved.DATA.DATASET_NAME != name:
+        results["trained_on"] = saved.DATA.DATASET_NAME
+        print(f"cross-dataset test: trained on {saved.DATA.DATASET_NAME}, tested on {name}")
     if opts.visualize:
         folder = Path(opts.visualize) / prefix.rstrip("_") if prefix else Path(opts.visualize)
-        for written in write_pictures(cfg, results, settings, feats, sets, folder):
+        for written in write_pictures(cfg, ev, folder):
             print(f"wrote {written}")
     return cfg, results
 
 
-def merge_regdb_trials(per_trial: list[dict[str, Any]]) -> dict[str, Any]:
-    """One results dict over several RegDB trials (one model each): the trials of every
-    setting side by side, mean and std over them."""
+def merge_split_trials(per_trial: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict over several train/test splits (one model each): the trials of
+    every setting side by side, mean and std over them."""
     merged = json.loads(json.dumps(per_trial[0]))
+    key = DATASETS[merged["dataset"]].split_key
     for name, entry in merged["settings"].items():
         entry["trials"] = [r["settings"][name]["trials"][0] for r in per_trial]
         summarize(entry)
-    merged["protocol"]["regdb_trial"] = [r["protocol"]["regdb_trial"] for r in per_trial]
+    merged["protocol"][key] = [r["protocol"][key] for r in per_trial]
     merged["headline"] = headline(merged)
     return merged
+
+
+def _first_trial(text: str) -> str:
+    """The trial a ``{trial}`` model path is first read with (before the dataset is known)."""
+    first = text.split(",")[0].strip()
+    return "1" if first.lower() == "all" else first
 
 
 def run_test(opts: TestOptions) -> dict[str, Any]:
@@ -221,35 +221,37 @@ def run_test(opts: TestOptions) -> dict[str, Any]:
         if opts.trial is None:
             raise UserError(f"--model_path {opts.model_path} has {{trial}}: give --trial N "
                             "or --trial all")
-        first_trial = "1" if opts.trial.strip().lower() == "all" else opts.trial.strip()
-        first_path = opts.model_path.replace("{trial}", first_trial)
-    # The dataset decides what --trial means; read it from the first checkpoint's config.
+        first_path = opts.model_path.replace("{trial}", _first_trial(opts.trial))
+    # The tested dataset decides what --trial means; read it from the first checkpoint's
+    # config with the command line applied.
     first_ckpt = load_checkpoint(first_path)
     first_cfg = resolve_config(first_ckpt, first_path, opts)
-    dataset = first_cfg.DATA.DATASET_NAME
-    trials = _parse_trial(opts.trial, dataset)
+    dataset = DATASETS[first_cfg.DATA.DATASET_NAME]
+    protocol_options(opts, dataset)
     features: dict[str, Any] | None = {} if opts.save_features else None
-    if dataset == "regdb":
-        regdb_trials = trials or [first_cfg.DATA.TRIAL]
-        if len(regdb_trials) > 1 and not templated:
-            raise UserError("--trial all evaluates one model per RegDB trial: put {trial} in "
-                            "--model_path (e.g. 'out/trial_{trial}/best.pth')")
-        paths = [opts.model_path.replace("{trial}", str(t)) for t in regdb_trials]
+    if dataset.split_trials:
+        trials = parse_trials(opts.trial, dataset.split_trials) or [first_cfg.DATA.TRIAL]
+        if len(trials) > 1 and not templated:
+            raise UserError(f"--trial {opts.trial} evaluates one model per {dataset.label} "
+                            "split: put {trial} in --model_path (e.g. "
+                            "'out/trial_{trial}/best.pth')")
+        paths = [opts.model_path.replace("{trial}", str(t)) for t in trials]
         runs = []
-        for t, path in zip(regdb_trials, paths):
-            prefix = f"trial{t}_" if len(regdb_trials) > 1 else ""
+        for t, path in zip(trials, paths):
+            prefix = f"trial{t}_" if len(trials) > 1 else ""
             ckpt = first_ckpt if path == first_path else load_checkpoint(path)
             runs.append(_evaluate_checkpoint(path, ckpt, opts, t, None, features, prefix))
         cfg = runs[0][0]
-        results = (merge_regdb_trials([r for _, r in runs]) if len(runs) > 1
+        results = (merge_split_trials([r for _, r in runs]) if len(runs) > 1
                    else runs[0][1])
         checkpoint: Any = paths if len(paths) > 1 else paths[0]
     else:
         if templated:
-            raise UserError(f"--model_path {opts.model_path}: {{trial}} names RegDB's per-trial "
-                            f"models, but the checkpoint's dataset is {dataset}")
-        cfg, results = _evaluate_checkpoint(first_path, first_ckpt, opts, None, trials,
-                                            features, "")
+            raise UserError(f"--model_path {opts.model_path}: {{trial}} names the per-trial "
+                            f"models of a dataset in fixed splits, but {dataset.label} has one "
+                            "split (its --trial is a gallery trial)")
+        cfg, results = _evaluate_checkpoint(first_path, first_ckpt, opts, None,
+                                            parse_trials(opts.trial, None), features, "")
         checkpoint = first_path
     results = {"checkpoint": checkpoint, **results, "config": config_to_ini(cfg)}
     print(format_tables(results))
@@ -260,4 +262,3 @@ def run_test(opts: TestOptions) -> dict[str, Any]:
         atomic_write_bytes(opts.save_features, _features_npz(features))
         print(f"features written to {opts.save_features}")
     return results
-

@@ -257,14 +257,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp):
             outputs = self.model(img, modality)
-            terms = self.criterion(outputs, pid, modality)
+            loss, terms = self.criterion(outputs, pid, modality)
         names = list(terms)
         # One host sync per step: the values are needed to stop on NaN before
         # they reach the weights, and under DDP every rank must stop together.
         values = all_reduce_mean(torch.stack([terms[n].detach().float() for n in names]))
         values_list = values.tolist()
         self._check_finite(names, values_list, epoch, it)
-        loss = torch.stack([terms[n].float() for n in names]).sum()
         self.scaler.scale(loss).backward()
         if self.info.enabled:
             synchronize_module(self.criterion)  # DDP does not wrap the loss

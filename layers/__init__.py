@@ -9,9 +9,9 @@ from layers.deen_losses import (
 )
 from layers.metric import (
     CenterLoss,
+    batch_distance,
     batch_hard_triplet,
     mining_masks,
-    pairwise_distance,
     weighted_regularized_triplet,
 )
 from layers.mfa import MFA
@@ -22,6 +22,6 @@ __all__ = [
     "HEAD_TERMS", "LOSS_TERMS", "MFA", "CenterLoss", "Criterion", "DiverseEmbeddingExpansion",
     "GeneralizedMeanPooling", "GlobalAvgPooling", "NonLocalBlock", "adaptive_triplet_adp",
     "batch_hard_triplet", "build_criterion", "center_guided_pair_mining", "mining_masks",
-    "orthogonality_loss", "pairwise_distance", "weighted_regularized_triplet",
+    "orthogonality_loss", "batch_distance", "weighted_regularized_triplet",
     "weighted_regularized_triplet_published",
 ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -10,13 +11,13 @@ from yacs.config import CfgNode
 
 from layers.metric import (
     CenterLoss,
+    batch_distance,
     batch_hard_triplet,
     mining_masks,
-    pairwise_distance,
     weighted_regularized_triplet,
 )
 from utils.constants import INFRARED, VISIBLE
-from utils.errors import UserError
+from utils.registry import Registry
 
 Outputs = dict[str, torch.Tensor]
 
@@ -50,7 +51,7 @@ class TripletTerm(nn.Module):
         self.margin, self.distance, self.mining, self.feat_key = margin, distance, mining, feat_key
 
     def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        dist = pairwise_distance(outputs[self.feat_key], self.distance)
+        dist = batch_distance(outputs[self.feat_key], self.distance)
         pos, neg = mining_masks(pid, modality, self.mining)
         return batch_hard_triplet(dist, pos, neg, self.margin)
 
@@ -63,7 +64,7 @@ class WRTTerm(nn.Module):
         self.distance, self.mining, self.feat_key = distance, mining, feat_key
 
     def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        dist = pairwise_distance(outputs[self.feat_key], self.distance)
+        dist = batch_distance(outputs[self.feat_key], self.distance)
         pos, neg = mining_masks(pid, modality, self.mining)
         return weighted_regularized_triplet(dist, pos, neg)
 
@@ -152,24 +153,43 @@ def _feat_key(cfg: CfgNode) -> str:
     return "bn_feat" if cfg.LOSS.METRIC_FEAT == "bn" else "feat"
 
 
-# name in LOSS.TERMS -> (output key, builder, weight getter)
-LOSS_TERMS: dict[str, tuple[str, Callable[..., nn.Module], Callable[[CfgNode], float]]] = {
-    "id": ("loss_id", _id, lambda cfg: cfg.LOSS.ID_WEIGHT),
-    "triplet": ("loss_tri", _triplet, lambda cfg: cfg.LOSS.TRIPLET_WEIGHT),
-    "wrt": ("loss_wrt", _wrt, lambda cfg: cfg.LOSS.WRT_WEIGHT),
-    "center": ("loss_center", _center, lambda cfg: cfg.LOSS.CENTER_WEIGHT),
-    "modality_id": ("loss_modality_id", _modality_id, lambda cfg: cfg.LOSS.MODALITY_ID_WEIGHT),
-    "kl": ("loss_kl", _kl, lambda cfg: cfg.LOSS.KL_WEIGHT),
-}
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss term of LOSS.TERMS: its logged key, builder and weight.
+
+    Attributes:
+        key: name of the term in the loss dict and the logs (``loss_id``, ...).
+        build: ``build(cfg, num_classes, feat_dim)`` -> the term module, called as
+            ``term(outputs, pid, modality)`` -> scalar.
+        weight: ``weight(cfg)`` -> the term's weight.
+    """
+
+    key: str
+    build: Callable[[CfgNode, int, int], nn.Module]
+    weight: Callable[[CfgNode], float]
+
+
+# LOSS.TERMS name -> its spec; the config's valid term names are these keys.
+LOSS_TERMS: Registry = Registry("LOSS.TERMS", "loss term")
+LOSS_TERMS.update({
+    "id": LossSpec("loss_id", _id, lambda cfg: cfg.LOSS.ID_WEIGHT),
+    "triplet": LossSpec("loss_tri", _triplet, lambda cfg: cfg.LOSS.TRIPLET_WEIGHT),
+    "wrt": LossSpec("loss_wrt", _wrt, lambda cfg: cfg.LOSS.WRT_WEIGHT),
+    "center": LossSpec("loss_center", _center, lambda cfg: cfg.LOSS.CENTER_WEIGHT),
+    "modality_id": LossSpec("loss_modality_id", _modality_id,
+                            lambda cfg: cfg.LOSS.MODALITY_ID_WEIGHT),
+    "kl": LossSpec("loss_kl", _kl, lambda cfg: cfg.LOSS.KL_WEIGHT),
+})
 
 
 class Criterion(nn.Module):
-    """Weighted sum of named terms, returned unsummed so each one can be logged.
+    """Weighted sum of named terms; the terms are also returned so each can be logged.
 
     Call ``criterion(outputs, pid, modality)`` with the model's training outputs
     (``feat``, ``bn_feat``, ``logits`` (B, C) and, for the head terms,
     ``head_logits`` (2, B, C)), pid (B,) and modality (B,). Returns
-    ``{'loss_id': ..., 'loss_tri': ..., ...}`` of weighted scalar tensors.
+    ``(total, {'loss_id': ..., 'loss_tri': ..., ...})``: the float32 sum and the
+    weighted scalar terms.
     """
 
     def __init__(self, terms: dict[str, tuple[nn.Module, float]]) -> None:
@@ -177,25 +197,15 @@ class Criterion(nn.Module):
         self.terms = nn.ModuleDict({key: module for key, (module, _) in terms.items()})
         self.weights = {key: weight for key, (_, weight) in terms.items()}
 
-    def forward(self, outputs: Outputs, pid: torch.Tensor,
-                modality: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {key: self.weights[key] * term(outputs, pid, modality)
-                for key, term in self.terms.items()}
+    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms = {key: self.weights[key] * term(outputs, pid, modality)
+                 for key, term in self.terms.items()}
+        return torch.stack([t.float() for t in terms.values()]).sum(), terms
 
 
 def build_criterion(cfg: CfgNode, num_classes: int, feat_dim: int) -> Criterion:
-    """Build the criterion of ``cfg.LOSS.TERMS``.
-
-    Raises:
-        UserError: an unknown or repeated term name.
-    """
-    terms: dict[str, tuple[nn.Module, float]] = {}
-    for name in cfg.LOSS.TERMS:
-        if name not in LOSS_TERMS:
-            raise UserError(f"LOSS.TERMS has unknown loss {name!r}; valid losses: "
-                            f"{', '.join(LOSS_TERMS)}")
-        key, builder, weight = LOSS_TERMS[name]
-        if key in terms:
-            raise UserError(f"LOSS.TERMS names {name!r} twice")
-        terms[key] = (builder(cfg, num_classes, feat_dim), float(weight(cfg)))
-    return Criterion(terms)
+    """Build the criterion of ``cfg.LOSS.TERMS`` (names checked by the config)."""
+    specs = [LOSS_TERMS[name] for name in cfg.LOSS.TERMS]
+    return Criterion({s.key: (s.build(cfg, num_classes, feat_dim), float(s.weight(cfg)))
+                      for s in specs})

@@ -13,7 +13,7 @@ from torch import nn
 _EPS = 1e-12
 
 
-def pairwise_distance(x: torch.Tensor, kind: str = "euclidean") -> torch.Tensor:
+def batch_distance(x: torch.Tensor, kind: str = "euclidean") -> torch.Tensor:
     """Distances between all rows of ``x``.
 
     Args:

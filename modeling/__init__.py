@@ -5,10 +5,11 @@ from yacs.config import CfgNode
 
 from layers.criterion import HEAD_TERMS
 from layers.pooling import GeneralizedMeanPooling, GlobalAvgPooling
-from modeling.backbone import STAGES, build_resnet, feature_dim, resnet_stages
+from modeling.backbone import BACKBONES, STAGES, Backbone
 from modeling.model import VIReIDNet
+from modeling.stages import build_stages
 
-__all__ = ["STAGES", "VIReIDNet", "build_model"]
+__all__ = ["BACKBONES", "STAGES", "Backbone", "VIReIDNet", "build_model"]
 
 
 def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
@@ -23,15 +24,14 @@ def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    resnet = build_resnet(cfg)
-    stages = resnet_stages(resnet, tuple(cfg.MODEL.NON_LOCAL_BLOCKS),
-                           cfg.MODEL.NON_LOCAL_REDUCTION)
+    backbone = BACKBONES[cfg.MODEL.NAME](cfg)
+    stages = build_stages(cfg, backbone)
     if cfg.MODEL.POOLING == "gem":
         pool = GeneralizedMeanPooling(cfg.MODEL.GEM_P, learnable=cfg.MODEL.GEM_LEARNABLE)
     else:
         pool = GlobalAvgPooling()
     with_heads = any(term in cfg.LOSS.TERMS for term in HEAD_TERMS)
-    return VIReIDNet(stages, cfg.MODEL.SHARED_FROM, feature_dim(resnet), num_classes, pool,
+    return VIReIDNet(stages, cfg.MODEL.SHARED_FROM, backbone.channels[-1], num_classes, pool,
                      fc_bias=cfg.MODEL.FC_BIAS,
                      head_dim=cfg.MODEL.HEAD_DIM if with_heads else None,
                      test_feat=cfg.TEST.FEAT)

@@ -1,23 +1,25 @@
-"""torchvision ResNets cut into stages, with pretrained weights and non-local blocks."""
+"""Backbones cut into five stages, with pretrained weights and non-local blocks.
+
+``BACKBONES`` maps MODEL.NAME to a builder ``(cfg) -> Backbone``: the five
+stages (stem, layer1..layer4) that ``MODEL.SHARED_FROM`` splits between the
+modality streams and the shared trunk, and each stage's output channels. A new
+backbone is one registered builder; the rest of the network (non-local blocks,
+pooling, BNNeck, classifier) is added around its stages by ``modeling``.
+"""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torchvision
 from torch import nn
 from yacs.config import CfgNode
 
-from layers.non_local import NonLocalBlock
 from utils.errors import UserError
-
-RESNETS: dict[str, Callable[..., torchvision.models.ResNet]] = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet34": torchvision.models.resnet34,
-    "resnet50": torchvision.models.resnet50,
-    "resnet101": torchvision.models.resnet101,
-}
+from utils.io import load_tensor_file
+from utils.registry import Registry
 
 # The five stages in order; MODEL.SHARED_FROM = i makes STAGES[:i] modality-specific.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -28,28 +30,24 @@ IMAGENET_WEIGHTS = "IMAGENET1K_V1"
 _SHOWN_KEYS = 5
 
 
-class ResStage(nn.Module):
-    """A ResNet stage (``blocks``) with non-local blocks after some of its blocks.
+@dataclass
+class Backbone:
+    """A network cut into the five STAGES.
 
-    Args:
-        blocks: the stage's residual blocks (torchvision ``layerN``).
-        non_local: the non-local blocks, placed after the last ``len(non_local)``
-            residual blocks, one each (AGW's placement).
+    Attributes:
+        stem: the input stage (B, 3, H, W) -> (B, channels[0], h, w).
+        layers: the four later stages, each an ``nn.Sequential`` of blocks (non-local
+            blocks are inserted after its last blocks).
+        channels: output channels of stem, layer1..layer4.
     """
 
-    def __init__(self, blocks: nn.Sequential, non_local: list[NonLocalBlock]) -> None:
-        super().__init__()
-        self.blocks = blocks
-        self.non_local = nn.ModuleList(non_local)
-        first = len(blocks) - len(non_local)
-        self._after = {first + i: i for i in range(len(non_local))}
+    stem: nn.Module
+    layers: list[nn.Sequential]
+    channels: tuple[int, int, int, int, int]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in self._after:
-                x = self.non_local[self._after[i]](x)
-        return x
+
+# MODEL.NAME -> builder(cfg) -> Backbone (weights of MODEL.PRETRAIN_PATH loaded).
+BACKBONES: Registry = Registry("MODEL.NAME", "backbone")
 
 
 def _short_list(keys: list[str]) -> str:
@@ -76,14 +74,22 @@ def _unwrap(state: object, path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_resnet_state(resnet: nn.Module, state: object, name: str, path: str) -> None:
-    """Copy a torchvision ResNet state dict into ``resnet``; ``fc.*`` is ignored.
+def load_pretrained_state(net: nn.Module, state: object, name: str, path: str,
+                          head: str) -> None:
+    """Copy a torchvision state dict into ``net``; the classification head is ignored.
+
+    Args:
+        net: the torchvision network.
+        state: the loaded file (a state dict, possibly wrapped).
+        name: MODEL.NAME, for messages.
+        path: where the weights came from, for messages.
+        head: key prefix of the ImageNet classifier (``fc.``, ``classifier.``).
 
     Raises:
         UserError: naming ``path`` and the missing, unexpected or misshaped keys.
     """
-    state = {k: v for k, v in _unwrap(state, path).items() if not k.startswith("fc.")}
-    expected = {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
+    state = {k: v for k, v in _unwrap(state, path).items() if not k.startswith(head)}
+    expected = {k: v for k, v in net.state_dict().items() if not k.startswith(head)}
     # Old checkpoints lack the BatchNorm batch counters; they carry no weights.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
@@ -99,7 +105,7 @@ def load_resnet_state(resnet: nn.Module, state: object, name: str, path: str) ->
     if problems:
         raise UserError(f"MODEL.PRETRAIN_PATH = {path} does not fit MODEL.NAME = {name}: "
                         + "; ".join(problems))
-    resnet.load_state_dict(state, strict=False)
+    net.load_state_dict(state, strict=False)
 
 
 def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
@@ -115,37 +121,25 @@ def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
             "MODEL.PRETRAIN_PATH to the file") from None
 
 
-def _file_state(path: str) -> object:
-    if not os.path.isfile(path):
-        raise UserError(f"MODEL.PRETRAIN_PATH = {path}: file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"MODEL.PRETRAIN_PATH = {path}: cannot be read as a state dict of "
-                        f"tensors ({reason})") from None
-
-
-def build_resnet(cfg: CfgNode) -> torchvision.models.ResNet:
-    """Build MODEL.NAME with MODEL.LAST_STRIDE and the weights of MODEL.PRETRAIN_PATH.
+def torchvision_network(cfg: CfgNode, factory: Callable[..., nn.Module], head: str
+                        ) -> nn.Module:
+    """Build a torchvision network with the weights of MODEL.PRETRAIN_PATH.
 
     PRETRAIN_PATH: empty = torchvision's random init; ``imagenet`` = torchvision's
     weights API (downloads once into the torch hub cache); otherwise a file holding
     a torchvision state dict, loaded with ``weights_only=True``.
 
     Raises:
-        UserError: unknown name, weights unavailable, missing or unfitting file.
+        UserError: weights unavailable, missing or unfitting file.
     """
     name = cfg.MODEL.NAME
-    if name not in RESNETS:
-        raise UserError(f"MODEL.NAME = {name!r} is not one of {', '.join(RESNETS)}")
-    resnet = RESNETS[name](weights=None)
+    net = factory(weights=None)
     source = cfg.MODEL.PRETRAIN_PATH
     if source:
-        state = _imagenet_state(name) if source.lower() == "imagenet" else _file_state(source)
-        load_resnet_state(resnet, state, name, source)
-    set_last_stride(resnet, cfg.MODEL.LAST_STRIDE)
-    return resnet
+        state = (_imagenet_state(name) if source.lower() == "imagenet"
+                 else load_tensor_file(source, "MODEL.PRETRAIN_PATH file"))
+        load_pretrained_state(net, state, name, source, head)
+    return net
 
 
 def set_last_stride(resnet: torchvision.models.ResNet, stride: int) -> None:
@@ -158,32 +152,34 @@ def set_last_stride(resnet: torchvision.models.ResNet, stride: int) -> None:
         block.downsample[0].stride = (stride, stride)
 
 
-def resnet_stages(resnet: torchvision.models.ResNet, non_local_counts: tuple[int, ...],
-                  reduction: int) -> dict[str, nn.Module]:
-    """Cut ``resnet`` into the five STAGES, inserting MODEL.NON_LOCAL_BLOCKS.
+def _resnet(cfg: CfgNode, factory: Callable[..., torchvision.models.ResNet]) -> Backbone:
+    """A torchvision ResNet / ResNeXt: stem = conv1, bn1, relu, maxpool; layer1..layer4."""
+    net = torchvision_network(cfg, factory, "fc.")
+    set_last_stride(net, cfg.MODEL.LAST_STRIDE)
+    layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+    expansion = type(net.layer1[0]).expansion
+    return Backbone(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool), layers,
+                    (64, *(64 * 2 ** i * expansion for i in range(4))))
 
-    Args:
-        resnet: a torchvision ResNet (its modules are reused, not copied).
-        non_local_counts: non-local blocks per layer1..layer4.
-        reduction: non-local inner width divisor.
 
-    Raises:
-        UserError: more non-local blocks asked for a stage than it has blocks.
+def _convnext(cfg: CfgNode, factory: Callable[..., nn.Module]) -> Backbone:
+    """A torchvision ConvNeXt: stem = the 4x4 patchify; layer i = its downsampling
+    (LayerNorm + 2x2 conv, none before layer1) followed by the stage's blocks.
+
+    LAST_STRIDE 1 keeps the last downsampling's 2x2 kernel with stride 1 and
+    'same' padding, so layer4 keeps layer3's resolution (the re-ID habit).
     """
-    stages: dict[str, nn.Module] = {
-        "stem": nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)}
-    for i, count in enumerate(non_local_counts):
-        name = f"layer{i + 1}"
-        blocks = getattr(resnet, name)
-        if count > len(blocks):
-            raise UserError(f"MODEL.NON_LOCAL_BLOCKS = {', '.join(map(str, non_local_counts))} "
-                            f"asks for {count} blocks in {name}, which has {len(blocks)} "
-                            "residual blocks")
-        channels = 64 * 2 ** i * type(blocks[0]).expansion
-        stages[name] = ResStage(blocks, [NonLocalBlock(channels, reduction) for _ in range(count)])
-    return stages
+    net = torchvision_network(cfg, factory, "classifier.")
+    f = net.features
+    if cfg.MODEL.LAST_STRIDE == 1:
+        conv = f[6][1]
+        conv.stride, conv.padding = (1, 1), "same"
+    layers = [nn.Sequential(*f[1]), nn.Sequential(*f[2], *f[3]), nn.Sequential(*f[4], *f[5]),
+              nn.Sequential(*f[6], *f[7])]
+    widths = [f[0][0].out_channels] + [layer[-1].block[0].in_channels for layer in layers]
+    return Backbone(f[0], layers, tuple(widths))
 
 
-def feature_dim(resnet: torchvision.models.ResNet) -> int:
-    """Channels of the last stage (512 for resnet18/34, 2048 for resnet50/101)."""
-    return resnet.fc.in_features
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d"):
+    BACKBONES[_name] = partial(_resnet, factory=getattr(torchvision.models, _name))
+BACKBONES["convnext_tiny"] = partial(_convnext, factory=torchvision.models.convnext_tiny)

@@ -60,7 +60,7 @@ class VIReIDNet(nn.Module):
     never by position, and re-assembled in the original order.
 
     Args:
-        stages: the five STAGES modules (from ``modeling.backbone.resnet_stages``).
+        stages: the five STAGES modules (from ``modeling.stages.build_stages``).
         shared_from: number of leading modality-specific stages (0..4).
         feat_dim: D, channels of the last stage.
         num_classes: C, training identities.

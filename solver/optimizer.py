@@ -6,6 +6,28 @@ from torch import nn
 from yacs.config import CfgNode
 
 from utils.errors import UserError
+from utils.registry import Registry
+
+# TRAIN.OPTIMIZER name -> builder(cfg, param_groups).
+OPTIMIZERS: Registry = Registry("TRAIN.OPTIMIZER", "optimizer")
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(cfg: CfgNode, groups: list[dict]) -> torch.optim.Optimizer:
+    if cfg.TRAIN.NESTEROV and cfg.TRAIN.MOMENTUM <= 0:
+        raise UserError("TRAIN.NESTEROV = yes needs TRAIN.MOMENTUM > 0")
+    return torch.optim.SGD(groups, lr=cfg.TRAIN.BASE_LR, momentum=cfg.TRAIN.MOMENTUM,
+                           nesterov=cfg.TRAIN.NESTEROV)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(cfg: CfgNode, groups: list[dict]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=cfg.TRAIN.BASE_LR, betas=(cfg.TRAIN.MOMENTUM, 0.999))
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(cfg: CfgNode, groups: list[dict]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=cfg.TRAIN.BASE_LR, betas=(cfg.TRAIN.MOMENTUM, 0.999))
 
 
 def _param_groups(cfg: CfgNode, model: nn.Module, criterion: nn.Module) -> list[dict]:
@@ -47,18 +69,6 @@ def build_optimizer(cfg: CfgNode, model: nn.Module, criterion: nn.Module) -> tor
         criterion: the ``layers.Criterion``.
 
     Raises:
-        UserError: NESTEROV without momentum.
+        UserError: an unknown optimizer, or NESTEROV without momentum.
     """
-    groups = _param_groups(cfg, model, criterion)
-    kind = cfg.TRAIN.OPTIMIZER
-    momentum = cfg.TRAIN.MOMENTUM
-    if kind == "sgd":
-        if cfg.TRAIN.NESTEROV and momentum <= 0:
-            raise UserError("TRAIN.NESTEROV = yes needs TRAIN.MOMENTUM > 0")
-        return torch.optim.SGD(groups, lr=cfg.TRAIN.BASE_LR, momentum=momentum,
-                               nesterov=cfg.TRAIN.NESTEROV)
-    if kind == "adam":
-        return torch.optim.Adam(groups, lr=cfg.TRAIN.BASE_LR, betas=(momentum, 0.999))
-    if kind == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.TRAIN.BASE_LR, betas=(momentum, 0.999))
-    raise UserError(f"TRAIN.OPTIMIZER = {kind!r} is not one of sgd, adam, adamw")
+    return OPTIMIZERS[cfg.TRAIN.OPTIMIZER](cfg, _param_groups(cfg, model, criterion))

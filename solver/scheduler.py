@@ -8,6 +8,22 @@ import torch
 from yacs.config import CfgNode
 
 from utils.errors import UserError
+from utils.registry import Registry
+
+# TRAIN.SCHEDULER name -> the decay factor at a (fractional) epoch after warmup,
+# f(schedule, epoch) with the WarmupSchedule's attributes.
+SCHEDULERS: Registry = Registry("TRAIN.SCHEDULER", "learning-rate schedule")
+
+
+@SCHEDULERS.register("multistep")
+def _multistep(s: WarmupSchedule, epoch: float) -> float:
+    return s.gamma ** bisect.bisect_right(s.steps, epoch)
+
+
+@SCHEDULERS.register("cosine")
+def _cosine(s: WarmupSchedule, epoch: float) -> float:
+    t = min(max((epoch - s.warmup_epochs) / (s.max_epochs - s.warmup_epochs), 0.0), 1.0)
+    return s.min_factor + (1.0 - s.min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class WarmupSchedule:
@@ -36,12 +52,7 @@ class WarmupSchedule:
 
     def __call__(self, iteration: int) -> float:
         epoch = iteration / self.iters_per_epoch
-        if self.kind == "cosine":
-            span = self.max_epochs - self.warmup_epochs
-            t = min(max((epoch - self.warmup_epochs) / span, 0.0), 1.0)
-            factor = self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
-        else:
-            factor = self.gamma ** bisect.bisect_right(self.steps, epoch)
+        factor = SCHEDULERS[self.kind](self, epoch)
         if epoch < self.warmup_epochs:
             alpha = epoch / self.warmup_epochs
             factor *= self.warmup_factor + (1.0 - self.warmup_factor) * alpha

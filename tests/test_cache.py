@@ -80,11 +80,12 @@ def test_training_batch_contents(sysu_root: Path, tmp_path: Path) -> None:
 
 def test_cached_and_decoded_test_batches_are_identical(sysu_root: Path, tmp_path: Path) -> None:
     ds = build_dataset(make_cfg(sysu_root, tmp_path, False), verbose=False, need_train=False)
-    plain = list(make_test_loader(make_cfg(sysu_root, tmp_path, False), ds.query))
-    cached = list(make_test_loader(make_cfg(sysu_root, tmp_path, True), ds.query, split="query"))
-    flipped = list(make_test_loader(make_cfg(sysu_root, tmp_path, True), ds.query, flip=True,
+    query = ds.test_sets["infrared"]
+    plain = list(make_test_loader(make_cfg(sysu_root, tmp_path, False), query))
+    cached = list(make_test_loader(make_cfg(sysu_root, tmp_path, True), query, split="query"))
+    flipped = list(make_test_loader(make_cfg(sysu_root, tmp_path, True), query, flip=True,
                                     split="query"))
-    assert torch.equal(torch.cat([b["index"] for b in plain]), torch.arange(len(ds.query)))
+    assert torch.equal(torch.cat([b["index"] for b in plain]), torch.arange(len(query)))
     for a, b, f in zip(plain, cached, flipped):
         assert torch.equal(a["img"], b["img"]) and torch.equal(a["pid"], b["pid"])
         assert torch.equal(f["img"], a["img"].flip(3))
@@ -138,8 +139,9 @@ def test_worker_error_keeps_its_one_line_message(regdb_root: Path, tmp_path: Pat
                              "DATA.VERIFY_IMAGES", "no", "DATA.NUM_WORKERS", "1",
                              "DATA.SIZE_TEST", "32,16"])
     ds = build_dataset(cfg, verbose=False)
-    Path(ds.test_visible[0].path).write_bytes(b"broken")
+    vis = ds.test_sets["visible"]
+    Path(vis[0].path).write_bytes(b"broken")
     with pytest.raises(UserError) as info:
-        list(make_test_loader(cfg, ds.test_visible))
+        list(make_test_loader(cfg, vis))
     msg = str(info.value)
-    assert "\n" not in msg and msg.startswith(f"image {ds.test_visible[0].path} does not decode")
+    assert "\n" not in msg and msg.startswith(f"image {vis[0].path} does not decode")

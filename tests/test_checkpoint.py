@@ -95,8 +95,19 @@ def test_load_checkpoint_refuses_bad_files(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match="junk.pth: not a checkpoint torch can read"):
         load_checkpoint(tmp_path / "junk.pth")
+    (tmp_path / "zeros.pth").write_bytes(bytes(64))
+    with pytest.raises(UserError, match="zeros.pth: not a checkpoint torch can read"):
+        load_checkpoint(tmp_path / "zeros.pth")
+    # A whole pickled model (as the source design released): refused, never unpickled,
+    # in one plain line of our own (no terminal escapes, no advice to drop weights_only).
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pth")
+    with pytest.raises(UserError) as info:
+        load_checkpoint(tmp_path / "whole.pth")
+    msg = str(info.value)
+    assert "holds pickled Python objects" in msg and "state_dict()" in msg
+    assert "\n" not in msg and "\x1b" not in msg and "weights_only" not in msg
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="missing model, config"):
         load_checkpoint(tmp_path / "other.pth")

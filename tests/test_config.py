@@ -118,8 +118,17 @@ def test_wrong_type_in_file_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("overrides,pattern", [
     (["MODEL.POOLING", "max"], r"MODEL\.POOLING = 'max' is not one of avg, gem"),
-    (["LOSS.TERMS", "id, focal"], r"LOSS\.TERMS has 'focal'.*id, triplet"),
-    (["DATA.TRIAL", "11"], r"DATA\.TRIAL = 11 must be between 1 and 10"),
+    (["LOSS.TERMS", "id, focal"],
+     r"LOSS\.TERMS = 'focal' is not a known loss term; valid names: id, triplet"),
+    (["LOSS.TERMS", "id, triplet, id"], r"LOSS\.TERMS = id, triplet, id names a term twice"),
+    (["DATA.DATASET_NAME", "market"], r"DATA\.DATASET_NAME = 'market' is not a known "
+                                      r"dataset; valid names: .*regdb.*sysumm"),
+    (["MODEL.NAME", "vgg16"], r"MODEL\.NAME = 'vgg16' is not a known backbone; valid "
+                              r"names: .*resnet50.*convnext_tiny"),
+    (["TRAIN.OPTIMIZER", "rmsprop"], r"TRAIN\.OPTIMIZER = 'rmsprop' .* sgd, adam, adamw"),
+    (["TRAIN.SCHEDULER", "poly"], r"TRAIN\.SCHEDULER = 'poly' .* multistep, cosine"),
+    (["DATA.TRIAL", "0"], r"DATA\.TRIAL = 0 must be at least 1"),
+    (["DATA.VAL_IDS", "-1"], r"DATA\.VAL_IDS = -1 must be at least 0"),
     (["DATA.TRAIN_BATCH_SIZE", "60"], r"multiple of 2 x DATA\.SAMPLE_ID_INSTANCE = 8"),
     (["TRAIN.BASE_LR"], r"override 'TRAIN.BASE_LR' has no value"),
     (["BASE_LR", "0.1"], r"must be SECTION\.KEY"),

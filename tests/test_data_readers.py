@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import DATASETS, LLCM, SYSUMM01, RegDB, build_dataset
+from data import DATASETS, build_dataset
+from data.llcm import LLCM
+from data.protocols import group_by_id_camera
+from data.regdb import THERMAL_CAM as REGDB_THERMAL_CAM
+from data.regdb import VISIBLE_CAM as REGDB_VISIBLE_CAM
+from data.regdb import RegDB
+from data.sysu import IR_CAMS as SYSU_IR_CAMS
+from data.sysu import RGB_CAMS as SYSU_RGB_CAMS
+from data.sysu import SYSUMM01
 from data.transforms import load_image
 from utils.config import get_default_config, load_config
-from utils.constants import (
-    INFRARED,
-    REGDB_THERMAL_CAM,
-    REGDB_VISIBLE_CAM,
-    SYSU_IR_CAMS,
-    SYSU_RGB_CAMS,
-    VISIBLE,
-)
+from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
 
 
@@ -43,7 +44,7 @@ def read_lines(path: Path) -> list[str]:
 def test_regdb_reads_trial(regdb_root: Path, capsys) -> None:
     ds = build_dataset(cfg_for("regdb", regdb_root, "DATA.TRIAL", "3"))
     out = capsys.readouterr().out
-    assert "RegDB trial 3" in out and "test thermal" in out
+    assert "RegDB trial 3" in out and "test infrared" in out
     assert isinstance(ds, RegDB) and ds.name == "regdb" and ds.root == str(regdb_root)
     assert ds.num_classes == 8
     assert sorted({r.pid for r in ds.train}) == list(range(8))
@@ -54,28 +55,29 @@ def test_regdb_reads_trial(regdb_root: Path, capsys) -> None:
     assert {r.cam for r in ir} == {REGDB_THERMAL_CAM}
     # Test pids are the file's labels (the dataset's pids, 1..16 here).
     lines = read_lines(regdb_root / "idx" / "test_visible_3.txt")
-    assert [r.pid for r in ds.test_visible] == [int(li.split()[1]) for li in lines]
-    assert [r.path for r in ds.test_visible] == [str(regdb_root / li.split()[0]) for li in lines]
-    assert {r.modality for r in ds.test_thermal} == {INFRARED}
+    assert [r.pid for r in ds.test_sets["visible"]] == [int(li.split()[1]) for li in lines]
+    assert [r.path for r in ds.test_sets["visible"]] == [str(regdb_root / li.split()[0])
+                                                         for li in lines]
+    assert {r.modality for r in ds.test_sets["infrared"]} == {INFRARED}
     other = RegDB(regdb_root, cfg_for("regdb", regdb_root, "DATA.TRIAL", "4"), verbose=False)
-    assert {r.path for r in other.test_visible} != {r.path for r in ds.test_visible}
+    assert {r.path for r in other.test_sets["visible"]} != {r.path for r in ds.test_sets["visible"]}
 
 
 def test_thermal_single_channel_loads_as_three(regdb_root: Path) -> None:
     ds = RegDB(regdb_root, cfg_for("regdb", regdb_root), verbose=False)
-    path = ds.test_thermal[0].path
+    path = ds.test_sets["infrared"][0].path
     assert Image.open(path).mode == "L"
     img = load_image(path, (32, 16))
     assert img.shape == (32, 16, 3) and img.dtype == np.uint8
     assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2])
-    assert load_image(ds.test_visible[0].path, (64, 32)).shape == (64, 32, 3)
+    assert load_image(ds.test_sets["visible"][0].path, (64, 32)).shape == (64, 32, 3)
 
 
 def test_regdb_test_only_skips_training_files(regdb_root: Path, tmp_path: Path) -> None:
     root = copy_tree(regdb_root, tmp_path)
     (root / "idx" / "train_visible_1.txt").unlink()
     ds = build_dataset(cfg_for("regdb", root), verbose=False, need_train=False)
-    assert ds.train == [] and ds.num_classes == 0 and len(ds.test_visible) == 32
+    assert ds.train == [] and ds.num_classes == 0 and len(ds.test_sets["visible"]) == 32
     with pytest.raises(UserError, match=r"RegDB trial 1: split file .*train_visible_1.txt not "
                                         r"found"):
         build_dataset(cfg_for("regdb", root), verbose=False)
@@ -85,7 +87,7 @@ def test_unknown_dataset_lists_valid_names(tmp_path: Path) -> None:
     cfg = get_default_config()
     cfg.DATA.DATASET_NAME = "market1501"
     cfg.DATA.ROOT = str(tmp_path)
-    with pytest.raises(UserError, match="market1501.*valid names: regdb, sysumm, llcm"):
+    with pytest.raises(UserError, match="market1501.*valid names: llcm, regdb, sysumm"):
         build_dataset(cfg)
     assert set(DATASETS) == {"regdb", "sysumm", "llcm"}
 
@@ -167,15 +169,16 @@ def test_sysu_train_val_and_test(sysu_root: Path) -> None:
         assert int(Path(r.path).parent.name) == train_ids[r.pid]
         assert r.modality == (INFRARED if r.cam in SYSU_IR_CAMS else VISIBLE)
     test_ids = set(_sysu_ids(sysu_root, "test"))
-    assert {r.pid for r in ds.query} == test_ids and {r.cam for r in ds.query} <= set(SYSU_IR_CAMS)
-    assert {r.cam for r in ds.gallery_pool} <= set(SYSU_RGB_CAMS)
+    query = ds.test_sets["infrared"]
+    assert {r.pid for r in query} == test_ids and {r.cam for r in query} <= set(SYSU_IR_CAMS)
+    assert {r.cam for r in ds.test_sets["visible"]} <= set(SYSU_RGB_CAMS)
     expected_q = sorted(str(p) for c in SYSU_IR_CAMS for pid in test_ids
                         for p in (sysu_root / f"cam{c}" / f"{pid:04d}").glob("*.jpg"))
-    assert sorted(r.path for r in ds.query) == expected_q
-    for records in (ds.query, ds.gallery_pool):
+    assert sorted(r.path for r in ds.test_sets["infrared"]) == expected_q
+    for records in (ds.test_sets["infrared"], ds.test_sets["visible"]):
         keys = [(r.cam, r.pid, os.path.basename(r.path)) for r in records]
         assert keys == sorted(keys)
-    assert ds.val_query == [] and ds.val_gallery_pool == []
+    assert ds.val_sets.get("infrared", []) == [] and ds.val_sets.get("visible", []) == []
 
 
 def test_sysu_val_held_out(sysu_root: Path) -> None:
@@ -183,16 +186,18 @@ def test_sysu_val_held_out(sysu_root: Path) -> None:
                   verbose=False)
     val_ids = set(_sysu_ids(sysu_root, "val"))
     assert ds.num_classes == 8
-    assert {r.pid for r in ds.val_query} == val_ids
-    assert {r.cam for r in ds.val_query} <= set(SYSU_IR_CAMS)
-    assert {r.cam for r in ds.val_gallery_pool} <= set(SYSU_RGB_CAMS)
+    assert {r.pid for r in ds.val_sets.get("infrared", [])} == val_ids
+    assert {r.cam for r in ds.val_sets.get("infrared", [])} <= set(SYSU_IR_CAMS)
+    assert {r.cam for r in ds.val_sets.get("visible", [])} <= set(SYSU_RGB_CAMS)
     assert "val held out" in ds.describe()
 
 
-def test_sysu_images_by_cam_pid(sysu_root: Path) -> None:
+def test_sysu_group_by_id_camera(sysu_root: Path) -> None:
     ds = SYSUMM01(sysu_root, cfg_for("sysumm", sysu_root), verbose=False, need_train=False)
-    groups = ds.images_by_cam_pid(ds.gallery_pool)
-    assert sum(len(v) for v in groups.values()) == len(ds.gallery_pool)
+    pool = ds.test_sets["visible"]
+    groups = {(cam, pid): [pool[i] for i in idx]
+              for (pid, cam), idx in group_by_id_camera(pool).items()}
+    assert sum(len(v) for v in groups.values()) == len(pool)
     for (cam, pid), recs in groups.items():
         names = sorted(os.listdir(sysu_root / f"cam{cam}" / f"{pid:04d}"))
         assert [os.path.basename(r.path) for r in recs] == names  # i-th image = names[i - 1]
@@ -218,7 +223,7 @@ def test_sysu_errors(sysu_root: Path, tmp_path: Path) -> None:
 
 def test_sysu_broken_image(sysu_root: Path, tmp_path: Path) -> None:
     root = copy_tree(sysu_root, tmp_path)
-    bad = Path(build_dataset(cfg_for("sysumm", root), verbose=False).query[0].path)
+    bad = Path(build_dataset(cfg_for("sysumm", root), verbose=False).test_sets["infrared"][0].path)
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(UserError, match=rf"image {bad} does not decode"):
         build_dataset(cfg_for("sysumm", root), verbose=False, need_train=False)
@@ -237,9 +242,10 @@ def test_llcm_reads(llcm_root: Path) -> None:
         assert ("train_nir" in r.path) == (r.modality == INFRARED)
     assert sorted(labels.values()) == list(range(8))
     test_ids = {int(t) for t in (llcm_root / "idx" / "test_id.txt").read_text().split(",")}
-    assert {r.pid for r in ds.test_vis} == {r.pid for r in ds.test_nir} == test_ids
-    assert {r.modality for r in ds.test_nir} == {INFRARED}
-    keys = [(r.cam, r.pid, os.path.basename(r.path)) for r in ds.test_vis]
+    vis, nir = ds.test_sets["visible"], ds.test_sets["infrared"]
+    assert {r.pid for r in vis} == {r.pid for r in nir} == test_ids
+    assert {r.modality for r in ds.test_sets["infrared"]} == {INFRARED}
+    keys = [(r.cam, r.pid, os.path.basename(r.path)) for r in ds.test_sets["visible"]]
     assert keys == sorted(keys)
 
 

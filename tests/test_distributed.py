@@ -22,7 +22,10 @@ RUNNER = textwrap.dedent("""
     import torch
     from engine import trainer as T
     from engine.distributed import unwrap
-    from engine.launch import main_sysumm
+    from functools import partial
+
+    from engine.launch import train_main
+    main_sysumm = partial(train_main, "train_sysumm.py", "sysumm")
 
     out, rank, seen = sys.argv[1], int(os.environ["RANK"]), []
     real_step, real_fit = T.Trainer.train_step, T.Trainer.fit

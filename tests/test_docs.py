@@ -7,12 +7,12 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import config_reference  # noqa: E402
 
-from utils.defaults import _C  # noqa: E402
+from utils.defaults import DEFAULTS  # noqa: E402
 
 
 def test_every_key_has_a_comment():
     comments = config_reference.key_comments()
-    missing = [f"{s}.{k}" for s in _C for k in _C[s] if not comments.get(f"{s}.{k}")]
+    missing = [f"{s}.{k}" for s in DEFAULTS for k in DEFAULTS[s] if not comments.get(f"{s}.{k}")]
     assert not missing, f"keys without a comment line in utils/defaults.py: {missing}"
 
 
@@ -20,8 +20,8 @@ def test_readme_reference_is_current():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert config_reference.render_readme(readme) == readme, (
         "README.md is stale: run python tools/config_reference.py --write")
-    for section in _C:
-        for key in _C[section]:
+    for section in DEFAULTS:
+        for key in DEFAULTS[section]:
             assert f"| `{key}` |" in readme
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import data
 from engine.distributed import DistInfo, resolve_device
 from engine.evaluate import evaluate
-from engine.launch import main_regdb, train_and_test
+from engine.launch import train_and_test, train_main
 from engine.logger import EpochProgress, MetricsWriter
 from engine.runtime import seed_everything
 from engine.selection import periodic_evaluation
@@ -19,6 +20,8 @@ from modeling import build_model
 from tools.make_synthetic_data import make_regdb
 from utils.config import config_to_ini, load_config
 from utils.errors import UserError, cli_entry
+
+main_regdb = partial(train_main, "train_regdb.py", "regdb")
 
 CPU = torch.device("cpu")
 
@@ -116,11 +119,12 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
     real, calls = Criterion.forward, {"n": 0}
 
     def nan_on_fourth_call(self, *args):
-        terms = real(self, *args)
+        loss, terms = real(self, *args)
         calls["n"] += 1
         if calls["n"] == 4:  # epoch 2, iteration 2
             terms["loss_tri"] = terms["loss_tri"] * float("nan")
-        return terms
+            loss = loss * float("nan")
+        return loss, terms
 
     monkeypatch.setattr(Criterion, "forward", nan_on_fourth_call)
     monkeypatch.setattr("sys.argv", ["train_regdb.py", "--config", str(ini)])
@@ -139,7 +143,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
 
 def test_select_val_needs_a_val_split(regdb_root: Path, sysu_root: Path) -> None:
     cfg = load_config(None, ["DATA.ROOT", str(regdb_root), "TRAIN.SELECT", "val"])
-    with pytest.raises(UserError, match="regdb has no val split"):
+    with pytest.raises(UserError, match="RegDB trial 1 has no validation split: set DATA.VAL_IDS"):
         periodic_evaluation(cfg, data.build_dataset(cfg, verbose=False), CPU)
     cfg = load_config(None, ["DATA.DATASET_NAME", "sysumm", "DATA.ROOT", str(sysu_root),
                              "TRAIN.SELECT", "val"])

@@ -15,17 +15,16 @@ from torch import nn
 
 import data
 from data.base import ImageRecord
-from engine.evaluate import build_settings, evaluate_features, evaluation_sets
-from engine.inference import extract_features, pairwise_distance
-from engine.protocols import (
-    SysuPermutations,
-    resolve_sysu_gallery,
-    sample_gallery_official,
-    sample_gallery_seeded,
-)
+from data.llcm import LLCM
+from data.protocols import sample_gallery_seeded
+from data.regdb import RegDB
+from data.sysu import SYSUMM01, SysuPermutations, sample_gallery_official
+from data.sysu import resolve_gallery as resolve_sysu_gallery
+from engine.evaluate import evaluate_features
+from engine.inference import extract_features
 from utils.config import load_config
 from utils.errors import UserError
-from utils.metrics import eval_llcm, eval_regdb, eval_sysu
+from utils.metrics import evaluate_ranking, feature_distance
 
 
 def read(name: str, root: Path, *overrides: str):
@@ -45,10 +44,10 @@ def pid_cam(records, idx):
 
 def test_single_shot_gallery_one_image_per_id_per_rgb_camera(sysu):
     cfg, ds = sysu
-    pool = ds.gallery_pool
+    pool = ds.test_sets["visible"]
     present = {(r.pid, r.cam) for r in pool}
     for mode, cams in (("all", (1, 2, 4, 5)), ("indoor", (1, 2))):
-        settings, info = build_settings(cfg, ds, evaluation_sets(ds), modes=[mode], shots=[1])
+        settings, info = ds.settings(cfg, ds.eval_sets(), modes=[mode], shots=[1])
         assert info["gallery_sampling"] == "random" and len(settings) == 1
         galleries = []
         for trial in (1, 2, 3):
@@ -86,18 +85,18 @@ def test_seeded_sampling_reproduces_the_agw_draws(sysu, sysu_root):
                 if folder.is_dir():
                     files = sorted(str(folder / f) for f in os.listdir(folder))
                     expected.append(random.choice(files))
-        got = sample_gallery_seeded(ds.gallery_pool, (1, 2, 4, 5), seed=trial)
-        assert [ds.gallery_pool[i].path for i in got] == expected
+        got = sample_gallery_seeded(ds.test_sets["visible"], (1, 2, 4, 5), seed=trial)
+        assert [ds.test_sets["visible"][i].path for i in got] == expected
 
 
 def test_official_permutations_pick_exactly_the_listed_indices(sysu_mirror_root, sysu_rand_perm):
     cfg, ds = read("sysumm", sysu_mirror_root, "TEST.GALLERY", "official",
                    "TEST.PERM_PATH", str(sysu_rand_perm))
     table = scipy.io.loadmat(str(sysu_rand_perm))["rand_perm_cam"]
-    settings, info = build_settings(cfg, ds, evaluation_sets(ds))
+    settings, info = ds.settings(cfg, ds.eval_sets())
     assert info["gallery_sampling"] == "official" and info["perm_path"] == str(sysu_rand_perm)
     by_name = {s.name: s for s in settings}
-    pool = ds.gallery_pool
+    pool = ds.test_sets["visible"]
     for name, cams, shots in (("all-search single-shot", (1, 2, 4, 5), 1),
                               ("all-search multi-shot", (1, 2, 4, 5), 10),
                               ("indoor-search multi-shot", (1, 2), 10)):
@@ -114,7 +113,7 @@ def test_official_permutations_pick_exactly_the_listed_indices(sysu_mirror_root,
             got = [pool[i].path for i in by_name[name].sample(trial)]
             assert got == expected
     with pytest.raises(UserError, match="holds 10 trials"):
-        build_settings(cfg, ds, evaluation_sets(ds), trials=[11])
+        ds.settings(cfg, ds.eval_sets(), trials=[11])
 
 
 def test_official_file_checks(sysu, sysu_rand_perm, tmp_path):
@@ -123,7 +122,7 @@ def test_official_file_checks(sysu, sysu_rand_perm, tmp_path):
     perm = SysuPermutations(sysu_rand_perm)
     assert perm.num_trials == 10
     with pytest.raises(UserError, match="lists .* images for id"):
-        sample_gallery_official(ds.gallery_pool, (1, 2, 4, 5), 1, 1, perm)
+        sample_gallery_official(ds.test_sets["visible"], (1, 2, 4, 5), 1, 1, perm)
     # auto: official only when the file exists; official without the file is an error.
     assert resolve_sysu_gallery("auto", "", str(tmp_path))[0] == "random"
     assert resolve_sysu_gallery("random", str(sysu_rand_perm), str(tmp_path))[0] == "random"
@@ -140,7 +139,7 @@ def test_official_file_checks(sysu, sysu_rand_perm, tmp_path):
 def test_camera_rule_applies_to_cam3_queries_only(sysu):
     """Cam-2 images of the query's id are made the nearest; only cam-3 queries lose them."""
     _, ds = sysu
-    q, g = ds.query, ds.gallery_pool
+    q, g = ds.test_sets["infrared"], ds.test_sets["visible"]
     q_pids, q_cams = np.array([r.pid for r in q]), np.array([r.cam for r in q])
     g_pids, g_cams = np.array([r.pid for r in g]), np.array([r.cam for r in g])
     same = q_pids[:, None] == g_pids[None]
@@ -152,7 +151,8 @@ def test_camera_rule_applies_to_cam3_queries_only(sysu):
         if cam == 3:
             sel &= has_other  # otherwise the query has no match left and is skipped
         assert sel.any()
-        cmc, _, _ = eval_sysu(dist[sel], q_pids[sel], g_pids, q_cams[sel], g_cams)
+        cmc, _, _ = evaluate_ranking(dist[sel], q_pids[sel], g_pids, q_cams[sel], g_cams,
+                                     rule=SYSUMM01.rule)
         assert cmc[0] == (1.0 if cam == 6 else 0.0)
 
 
@@ -167,20 +167,21 @@ def labels(records):
 
 def test_regdb_both_directions(regdb_root):
     cfg, ds = read("regdb", regdb_root, "DATA.TRIAL", "4")
-    sets = evaluation_sets(ds)
-    settings, info = build_settings(cfg, ds, sets)
+    sets = ds.eval_sets()
+    settings, info = ds.settings(cfg, sets)
     assert [s.name for s in settings] == ["visible-to-thermal", "thermal-to-visible"]
     assert info == {"regdb_trial": 4}
     feats = feature_sets(sets)
     out = evaluate_features(cfg, settings, feats, sets)
     v2t, t2v = out["visible-to-thermal"], out["thermal-to-visible"]
-    assert v2t["query"] == len(ds.test_visible) and v2t["gallery"] == len(ds.test_thermal)
-    assert t2v["query"] == len(ds.test_thermal) and t2v["gallery"] == len(ds.test_visible)
+    n_vis, n_ir = len(ds.test_sets["visible"]), len(ds.test_sets["infrared"])
+    assert v2t["query"] == n_vis and v2t["gallery"] == n_ir
+    assert t2v["query"] == n_ir and t2v["gallery"] == n_vis
     assert [t["trial"] for t in v2t["trials"]] == [4]
-    dist = pairwise_distance(feats["visible"], feats["thermal"]).numpy()
-    vp, tp = labels(ds.test_visible)[0], labels(ds.test_thermal)[0]
+    dist = feature_distance(feats["visible"], feats["infrared"]).numpy()
+    vp, tp = labels(ds.test_sets["visible"])[0], labels(ds.test_sets["infrared"])[0]
     for entry, (d, qp, gp) in ((v2t, (dist, vp, tp)), (t2v, (dist.T, tp, vp))):
-        cmc, m_ap, m_inp = eval_regdb(d, qp, gp)
+        cmc, m_ap, m_inp = evaluate_ranking(d, qp, gp, rule=RegDB.rule)
         assert entry["mean"]["R1"] == pytest.approx(100 * cmc[0], abs=1e-3)
         assert entry["mean"]["mAP"] == pytest.approx(100 * m_ap, abs=1e-3)
         assert entry["mean"]["mINP"] == pytest.approx(100 * m_inp, abs=1e-3)
@@ -188,8 +189,8 @@ def test_regdb_both_directions(regdb_root):
 
 def test_llcm_both_directions_with_seeded_galleries(llcm_root):
     cfg, ds = read("llcm", llcm_root, "TEST.NUM_TRIALS", "3")
-    sets = evaluation_sets(ds)
-    settings, info = build_settings(cfg, ds, sets)
+    sets = ds.eval_sets()
+    settings, info = ds.settings(cfg, sets)
     assert [s.name for s in settings] == ["infrared-to-visible", "visible-to-infrared"]
     assert info["gallery_sampling"] == "random"
     feats = feature_sets(sets)
@@ -206,18 +207,18 @@ def test_llcm_both_directions_with_seeded_galleries(llcm_root):
         idx = s.sample(2)
         qp, qc = labels(sets[s.query])
         gp, gc = labels(gallery)
-        dist = pairwise_distance(feats[s.query], feats[s.gallery][torch.from_numpy(idx)])
-        cmc, m_ap, _ = eval_llcm(dist, qp, gp[idx], qc, gc[idx])
+        dist = feature_distance(feats[s.query], feats[s.gallery][torch.from_numpy(idx)])
+        cmc, m_ap, _ = evaluate_ranking(dist, qp, gp[idx], qc, gc[idx], rule=LLCM.rule)
         assert entry["trials"][1]["mAP"] == pytest.approx(100 * m_ap, abs=1e-3)
         r1 = [t["R1"] for t in entry["trials"]]
         assert entry["mean"]["R1"] == pytest.approx(np.mean(r1), abs=1e-3)
         assert entry["std"]["R1"] == pytest.approx(np.std(r1, ddof=1), abs=1e-3)
 
 
-def test_val_split_only_for_held_out_sysu(regdb_root):
+def test_val_split_only_when_identities_are_held_out(regdb_root):
     _, ds = read("regdb", regdb_root)
-    with pytest.raises(UserError, match="no held-out val split"):
-        evaluation_sets(ds, "val")
+    with pytest.raises(UserError, match="has no validation split: set DATA.VAL_IDS"):
+        ds.eval_sets("val")
 
 
 class ColumnModel(nn.Module):
@@ -250,10 +251,10 @@ def test_extract_features_places_rows_by_index_and_flip_averages():
 
 def test_pairwise_distances():
     x, y = torch.randn(5, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
-    torch.testing.assert_close(pairwise_distance(x, y, "euclidean", normalize=False),
+    torch.testing.assert_close(feature_distance(x, y, "euclidean", normalize=False),
                                torch.cdist(x, y).float() ** 2, atol=1e-4, rtol=1e-4)
     xn, yn = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
-    torch.testing.assert_close(pairwise_distance(x, y, "euclidean"),
+    torch.testing.assert_close(feature_distance(x, y, "euclidean"),
                                (torch.cdist(xn, yn) ** 2).float(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(pairwise_distance(x, y, "cosine", normalize=False),
+    torch.testing.assert_close(feature_distance(x, y, "cosine", normalize=False),
                                (1 - xn @ yn.T).float(), atol=1e-6, rtol=1e-6)

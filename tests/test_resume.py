@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,12 @@ import torch
 
 from engine.checkpoint import load_checkpoint
 from engine.distributed import DistInfo
-from engine.launch import main_regdb, train_and_test
+from engine.launch import train_and_test, train_main
 from engine.trainer import Trainer
 from utils.config import config_to_ini, load_config
 from utils.errors import UserError
+
+main_regdb = partial(train_main, "train_regdb.py", "regdb")
 
 CPU = torch.device("cpu")
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "res50_regdb_all.ini")

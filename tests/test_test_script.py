@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import engine.tester
-from engine.inference import pairwise_distance
-from engine.protocols import sample_gallery_seeded
+from data.protocols import sample_gallery_seeded
+from data.regdb import RegDB
+from data.sysu import SYSUMM01
 from modeling import build_model
 from utils.config import config_to_ini, load_config
 from utils.io import atomic_torch_save
-from utils.metrics import eval_sysu
+from utils.metrics import evaluate_ranking, feature_distance
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_PATH", "", "DATA.SIZE_TEST", "32,16",
@@ -87,17 +87,17 @@ def test_sysu_end_to_end_json_and_features(sysu_ckpt, tmp_path, monkeypatch, cap
                                                      abs=1e-3)
     # The JSON figures follow from the saved features and the documented sampling.
     f = np.load(feats)
-    pool_pid, pool_cam = f["gallery_pid"], f["gallery_cam"]
-    assert f["query_feat"].shape == (len(f["query_pid"]), 512)
-    assert set(f["query_cam"].tolist()) <= {3, 6} and set(pool_cam.tolist()) <= {1, 2, 4, 5}
+    pool_pid, pool_cam = f["visible_pid"], f["visible_cam"]
+    assert f["infrared_feat"].shape == (len(f["infrared_pid"]), 512)
+    assert set(f["infrared_cam"].tolist()) <= {3, 6} and set(pool_cam.tolist()) <= {1, 2, 4, 5}
     from data.base import ImageRecord
     pool = [ImageRecord(str(p), int(i), int(c), 0)
-            for p, i, c in zip(f["gallery_path"], pool_pid, pool_cam)]
+            for p, i, c in zip(f["visible_path"], pool_pid, pool_cam)]
     idx = sample_gallery_seeded(pool, (1, 2, 4, 5), seed=1, shots=1)  # trial 2
-    dist = pairwise_distance(torch.from_numpy(f["query_feat"]),
-                             torch.from_numpy(f["gallery_feat"][idx]))
-    cmc, m_ap, m_inp = eval_sysu(dist, f["query_pid"], pool_pid[idx], f["query_cam"],
-                                 pool_cam[idx])
+    dist = feature_distance(torch.from_numpy(f["infrared_feat"]),
+                            torch.from_numpy(f["visible_feat"][idx]))
+    cmc, m_ap, m_inp = evaluate_ranking(dist, f["infrared_pid"], pool_pid[idx],
+                                        f["infrared_cam"], pool_cam[idx], SYSUMM01.rule)
     trial2 = res["settings"]["all-search single-shot"]["trials"][1]
     assert trial2["gallery"] == len(idx)
     assert trial2["R1"] == pytest.approx(100 * cmc[0], abs=1e-3)
@@ -115,7 +115,7 @@ def test_sysu_one_setting_one_trial_with_flip_and_rerank(sysu_ckpt, monkeypatch,
 
 
 def test_regdb_all_trials_one_model_each(regdb_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(engine.tester, "REGDB_TRIALS", (1, 2))
+    monkeypatch.setattr(RegDB, "split_trials", 2)
     for t in (1, 2):
         (tmp_path / f"trial_{t}").mkdir()
         save_checkpoint(tmp_path / f"trial_{t}" / "best.pth", "regdb", regdb_root,
@@ -157,7 +157,7 @@ def test_bad_inputs_are_one_line_exit_2(sysu_ckpt, regdb_root, sysu_root, tmp_pa
 
     assert "checkpoint not found" in fails("--model_path", str(tmp_path / "none.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    assert "not a readable checkpoint" in fails("--model_path", str(tmp_path / "junk.pth"))
+    assert "not a checkpoint torch can read" in fails("--model_path", str(tmp_path / "junk.pth"))
     # --config whose model differs from the checkpoint's.
     ini = tmp_path / "c.ini"
     ini.write_text(f"[DATA]\nDATASET_NAME = sysumm\nROOT = {sysu_root}\n[MODEL]\n"

@@ -4,14 +4,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from engine.cli import AUTO, parse_train_args, parse_trials, train_parser
-from engine.launch import main_llcm, main_regdb
+from engine.launch import train_main
 from utils.config import config_to_ini, load_config
 from utils.errors import UserError
+
+main_llcm = partial(train_main, "train_llcm.py", "llcm")
+main_regdb = partial(train_main, "train_regdb.py", "regdb")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +73,8 @@ def test_entry_scripts_report_user_errors_in_one_line(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: train_sysumm.py trains sysumm but the config has "
-                                   "DATA.DATASET_NAME = regdb; use train_regdb.py")
+                                   "DATA.DATASET_NAME = regdb; use train.py, which trains any "
+                                   "dataset")
     proc = subprocess.run(
         [sys.executable, "train_regdb.py", "--config", str(tmp_path / "missing.ini")],
         cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -86,8 +91,13 @@ def test_command_line_parsing() -> None:
     args, cfg = parse_train_args(parser, ["--config", cfg_path, "--resume", "run/last.pth",
                                           "TRAIN.MAX_EPOCHS", "7"])
     assert args.resume == "run/last.pth" and cfg.TRAIN.MAX_EPOCHS == 7
-    assert parse_trials(None, 3) == [3]
-    assert parse_trials("all", 1) == list(range(1, 11))
-    assert parse_trials("2, 1", 1) == [2, 1]
-    with pytest.raises(UserError, match="--trial 11"):
-        parse_trials("11", 1)
+    # One parser for training splits (bounded) and test galleries (any trial >= 1).
+    assert parse_trials(None, 10) is None
+    assert parse_trials("all", 10) == list(range(1, 11))
+    assert parse_trials("all", None) is None  # every trial of the protocol
+    assert parse_trials("2, 1, 2", 10) == [2, 1]
+    assert parse_trials("12", None) == [12]
+    with pytest.raises(UserError, match=r"--trial 11: expected a trial number 1\.\.10"):
+        parse_trials("11", 10)
+    with pytest.raises(UserError, match=r"--trial 0: expected a trial number >= 1"):
+        parse_trials("0", None)

@@ -4,12 +4,15 @@ Cases (synthetic features and ids with the real sizes):
 
 - SYSU-MM01 multi-shot all-search: 3,803 IR queries (96 ids, cams 3 and 6)
   against 10 galleries of 3,010 RGB images sampled from a pool (up to 10 per id
-  per camera), ``eval_sysu`` on each trial's distance matrix;
-- a 20,000 x 20,000 distance matrix (2,000 ids, SYSU camera rule), run in a
-  child process whose peak resident memory (``ru_maxrss``) is reported, the
-  20k x 20k float32 input (1.6 GB) included.
+  per camera), evaluated from the features with SYSU-MM01's ranking rule;
+- 20,000 queries x 20,000 gallery images (2,048-d features, 2,000 ids, SYSU
+  camera rule), run in a child process whose peak resident memory
+  (``ru_maxrss``) is reported, torch and the features included: the distances
+  are computed a chunk of queries at a time, so the 20k x 20k matrix (1.6 GB
+  in float32) never exists whole.
 
-Both sides get the same distance matrices and must give the same numbers.
+Both sides rank the same distances and must give the same numbers (the loop
+gets the whole matrix).
 The loop ranks every query with a stable argsort, as the metrics do, so ties
 cannot make them differ.
 
@@ -36,12 +39,25 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 
 from data.base import ImageRecord  # noqa: E402
-from engine.inference import pairwise_distance  # noqa: E402
-from engine.protocols import sample_gallery_seeded  # noqa: E402
-from utils.metrics import eval_sysu  # noqa: E402
+from data.protocols import sample_gallery_seeded  # noqa: E402
+from data.sysu import SYSUMM01  # noqa: E402
+from utils.metrics import (  # noqa: E402
+    DEFAULT_CHUNK_ELEMENTS,
+    FeatureDistances,
+    evaluate_ranking,
+)
 
 SYSU_IDS, SYSU_QUERIES, SYSU_GALLERY = 96, 3803, 3010
-BIG, BIG_IDS = 20_000, 2_000
+BIG, BIG_IDS, BIG_DIM = 20_000, 2_000, 2048
+RULE = SYSUMM01.rule
+
+
+def whole_matrix(q_feat: torch.Tensor, g_feat: torch.Tensor) -> np.ndarray:
+    """The (Q, G) distances for the loop, computed in the same row chunks as the
+    metrics compute them, so both sides rank bit-identical numbers."""
+    dist = FeatureDistances(q_feat, g_feat)
+    step = max(1, DEFAULT_CHUNK_ELEMENTS // g_feat.shape[0])
+    return torch.cat([dist[s:s + step] for s in range(0, q_feat.shape[0], step)]).numpy()
 
 
 def baseline_loop(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
@@ -96,7 +112,8 @@ def sysu_structure(seed: int = 0) -> tuple[list[ImageRecord], np.ndarray, np.nda
 
 
 def bench_sysu(trials: int = 10, check: bool = True) -> dict[str, Any]:
-    """Time eval_sysu and the loop on ``trials`` multi-shot all-search galleries."""
+    """Time the metrics (distances included) and the loop on ``trials`` multi-shot
+    all-search galleries."""
     pool, q_pids, q_cams = sysu_structure()
     gen = torch.Generator().manual_seed(0)
     centers = torch.randn(SYSU_IDS + 1, 2048, generator=gen)
@@ -109,13 +126,14 @@ def bench_sysu(trials: int = 10, check: bool = True) -> dict[str, Any]:
     for trial in range(1, trials + 1):
         idx = sample_gallery_seeded(pool, (1, 2, 4, 5), trial - 1, shots=10)
         assert len(idx) == SYSU_GALLERY
-        dist = pairwise_distance(q_feat, pool_feat[torch.from_numpy(idx)])
+        g_feat = pool_feat[torch.from_numpy(idx)]
         start = time.perf_counter()
-        got = eval_sysu(dist, q_pids, pool_pids[idx], q_cams, pool_cams[idx])
+        got = evaluate_ranking(FeatureDistances(q_feat, g_feat), q_pids, pool_pids[idx],
+                               q_cams, pool_cams[idx], RULE)
         ours += time.perf_counter() - start
         r1.append(got[0][0])
         if check:
-            d = dist.numpy()
+            d = whole_matrix(q_feat, g_feat)
             start = time.perf_counter()
             ref = baseline_loop(d, q_pids, pool_pids[idx], q_cams, pool_cams[idx])
             loop += time.perf_counter() - start
@@ -127,21 +145,26 @@ def bench_sysu(trials: int = 10, check: bool = True) -> dict[str, Any]:
             "same_numbers": check, "mean_R1": float(np.mean(r1))}
 
 
-def _big_inputs() -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _big_inputs() -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray,
+                           np.ndarray]:
+    """Features of 20k queries and 20k gallery images around 2k identity centres."""
     gen = torch.Generator().manual_seed(1)
-    dist = torch.rand(BIG, BIG, generator=gen)
     rng = np.random.default_rng(1)
     q_pids, g_pids = rng.integers(0, BIG_IDS, BIG), rng.integers(0, BIG_IDS, BIG)
-    return dist, q_pids, g_pids, rng.choice([3, 6], BIG), rng.choice([1, 2, 4, 5], BIG)
+    centres = torch.randn(BIG_IDS, BIG_DIM, generator=gen)
+    q_feat = centres[q_pids].add_(torch.randn(BIG, BIG_DIM, generator=gen), alpha=3.0)
+    g_feat = centres[g_pids].add_(torch.randn(BIG, BIG_DIM, generator=gen), alpha=3.0)
+    return q_feat, g_feat, q_pids, g_pids, rng.choice([3, 6], BIG), rng.choice([1, 2, 4, 5], BIG)
 
 
 def _child_big(threads: int) -> None:
     """Run in a fresh process: allocate, evaluate, report time and peak memory as JSON."""
     torch.set_num_threads(threads)
-    dist, q_pids, g_pids, q_cams, g_cams = _big_inputs()
+    q_feat, g_feat, q_pids, g_pids, q_cams, g_cams = _big_inputs()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    cmc, m_ap, m_inp = eval_sysu(dist, q_pids, g_pids, q_cams, g_cams)
+    cmc, m_ap, m_inp = evaluate_ranking(FeatureDistances(q_feat, g_feat), q_pids, g_pids,
+                                        q_cams, g_cams, RULE)
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": elapsed, "rss_before_kb": before, "peak_kb": peak,
@@ -155,13 +178,15 @@ def bench_big(check: bool = True, threads: int = 1) -> dict[str, Any]:
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     loop = None
     if check:
-        dist, q_pids, g_pids, q_cams, g_cams = _big_inputs()
+        q_feat, g_feat, q_pids, g_pids, q_cams, g_cams = _big_inputs()
+        dist = whole_matrix(q_feat, g_feat)
         start = time.perf_counter()
-        ref = baseline_loop(dist.numpy(), q_pids, g_pids, q_cams, g_cams, block=1000)
+        ref = baseline_loop(dist, q_pids, g_pids, q_cams, g_cams, block=1000)
         loop = time.perf_counter() - start
         np.testing.assert_allclose(child["cmc"], ref[0], atol=1e-9)
         assert abs(child["mAP"] - ref[1]) < 1e-9 and abs(child["mINP"] - ref[2]) < 1e-9
-    return {"case": "20k x 20k, SYSU camera rule", "size": f"{BIG:,} x {BIG:,}",
+    return {"case": "20k x 20k from 2048-d features, SYSU camera rule",
+            "size": f"{BIG:,} x {BIG:,}",
             "ours_s": child["seconds"], "loop_s": loop,
             "peak_rss_mb": child["peak_kb"] / 1024,
             "input_rss_mb": child["rss_before_kb"] / 1024, "same_numbers": check}

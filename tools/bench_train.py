@@ -47,8 +47,8 @@ def _bare_epoch(trainer: Trainer, batch: dict[str, torch.Tensor], iters: int) ->
     for _ in range(iters):
         opt.zero_grad(set_to_none=True)
         with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp):
-            terms = criterion(model(img, modality), pid, modality)
-        trainer.scaler.scale(sum(terms.values())).backward()
+            loss, _ = criterion(model(img, modality), pid, modality)
+        trainer.scaler.scale(loss).backward()
         trainer.scaler.step(opt)
         trainer.scaler.update()
     _sync(trainer.device)

@@ -27,13 +27,7 @@ import torch  # noqa: E402
 import data  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
 from engine.distributed import init_distributed, shutdown_distributed  # noqa: E402
-from engine.evaluate import (  # noqa: E402
-    assemble,
-    build_settings,
-    evaluate_features,
-    evaluation_sets,
-    extract_sets,
-)
+from engine.evaluate import run_evaluation  # noqa: E402
 from engine.launch import train_and_test  # noqa: E402
 from engine.runtime import seed_everything  # noqa: E402
 from engine.tester import load_model  # noqa: E402
@@ -53,16 +47,12 @@ BAR_R1 = 80.0  # % R1 visible->thermal the trained demo model must reach
 
 def evaluate_with_pictures(cfg, model, dataset, device, pictures: Path | None
                            ) -> dict[str, Any]:
-    """The RegDB protocol on ``model``; with ``pictures``, also its CMC and ranked sheets."""
-    model.eval()
-    sets = evaluation_sets(dataset)
-    settings, info = build_settings(cfg, dataset, sets)
-    feats = extract_sets(cfg, model, sets, device)
-    results = assemble(cfg, dataset.name, "test", info,
-                       evaluate_features(cfg, settings, feats, sets))
+    """The RegDB protocol on ``model``; with ``pictures``, also its CMC curves, ranked
+    sheets and modality-gap pictures."""
+    ev = run_evaluation(cfg, model.eval(), dataset, device=device)
     if pictures is not None:
-        write_pictures(cfg, results, settings, feats, sets, pictures)
-    return results
+        write_pictures(cfg, ev, pictures)
+    return ev.results
 
 
 def prepare_dataset(root: Path, num_ids: int, images: int, image_size: tuple[int, int],
@@ -130,7 +120,7 @@ def run_demo(out: Path, num_ids: int, images: int, overrides: list[str],
     finally:
         shutdown_distributed()
     curves = training_curves(run_dir, pictures / "training_curves.png")
-    num_test_ids = len({r.pid for r in dataset.test_visible})
+    num_test_ids = len({r.pid for r in dataset.test_sets["visible"]})
     return {
         "untrained": {d: untrained["settings"][d]["mean"] for d in DIRECTIONS},
         "trained": {d: trained["settings"][d]["mean"] for d in DIRECTIONS},
@@ -165,6 +155,9 @@ outputs:
   {run}/                 config.ini, log.txt, metrics.jsonl, last.pth, results.json, tensorboard/
   {pics}/ranked_visible-to-thermal.png   queries and their top-10 (green = same person)
   {pics}/cmc.png                         CMC curves, both directions
+  {pics}/embedding.png                   t-SNE of the test features: colour = person,
+                                         marker = modality
+  {pics}/distances.png                   same- vs different-person cross-modality distances
   {pics}/training_curves.png             loss terms, learning rate, periodic evaluation
 
 next, on real data (see README.md for the layouts):

@@ -25,6 +25,9 @@ from PIL import Image
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data.llcm import NIR_CAMS, VIS_CAMS  # noqa: E402
+from data.regdb import THERMAL_CAM, VISIBLE_CAM  # noqa: E402
+from data.sysu import IR_CAMS, RGB_CAMS  # noqa: E402
 from tools.synthetic_people import (  # noqa: E402
     Genome,
     camera_style,
@@ -32,20 +35,12 @@ from tools.synthetic_people import (  # noqa: E402
     make_genome,
     render_person,
 )
-from utils.constants import (  # noqa: E402
-    INFRARED,
-    REGDB_THERMAL_CAM,
-    REGDB_VISIBLE_CAM,
-    SYSU_IR_CAMS,
-    SYSU_RGB_CAMS,
-    VISIBLE,
-)
+from utils.constants import INFRARED, VISIBLE  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 
 __all__ = ["make_regdb", "make_sysu", "make_llcm", "render_person", "make_genome", "Genome",
            "dataset_summary"]
 
-LLCM_VIS_CAMS, LLCM_NIR_CAMS = tuple(range(1, 10)), (1, 2, 4, 5, 6, 7, 8, 9)
 _TAG_SPLIT, _TAG_CAMS = 21, 22
 # Highest person id of the real SYSU-MM01; mirrored train/val ids are drawn below it.
 _SYSU_MAX_PID = 533
@@ -115,8 +110,8 @@ def make_regdb(root: str | Path, num_ids: int = 20, images_per_id: int = 10,
         files[pid] = {"visible": [], "thermal": []}
         for k in range(images_per_id):
             counter += 1
-            for folder, tag, mod, cam in (("Visible", "v", "visible", REGDB_VISIBLE_CAM),
-                                          ("Thermal", "t", "thermal", REGDB_THERMAL_CAM)):
+            for folder, tag, mod, cam in (("Visible", "v", "visible", VISIBLE_CAM),
+                                          ("Thermal", "t", "thermal", THERMAL_CAM)):
                 rel = f"{folder}/{pid}/{g.gender}_{g.view}_{tag}_{counter:05d}_{pid}.bmp"
                 img = render_person(g, mod, image_rng(seed, pid, cam, k), size,
                                     camera_style(seed, cam))
@@ -223,11 +218,11 @@ def make_sysu(root: str | Path, num_train: int = 12, num_val: int = 4, num_test:
     for pid in sorted(train + val + test):
         if pid not in counts:
             rng = np.random.default_rng([seed, _TAG_CAMS, pid])
-            rgb, ir = _camera_subset(rng, SYSU_RGB_CAMS, SYSU_IR_CAMS)
+            rgb, ir = _camera_subset(rng, RGB_CAMS, IR_CAMS)
             counts[pid] = {c: int(rng.integers(lo, hi + 1)) for c in rgb + ir}
         g = make_genome(seed, pid)
         for cam, n in sorted(counts[pid].items()):
-            mod = "nir" if cam in SYSU_IR_CAMS else "visible"
+            mod = "nir" if cam in IR_CAMS else "visible"
             for k in range(n):
                 img = render_person(g, mod, image_rng(seed, pid, cam, k), size,
                                     camera_style(seed, cam))
@@ -264,14 +259,14 @@ def make_llcm(root: str | Path, num_train: int = 12, num_test: int = 8,
     root = _prepare_root(root)
     lists: dict[str, list[str]] = {"vis": [], "nir": []}
     for split in ("train", "test"):
-        for kind, cams in (("vis", LLCM_VIS_CAMS), ("nir", LLCM_NIR_CAMS)):
+        for kind, cams in (("vis", VIS_CAMS), ("nir", NIR_CAMS)):
             for cam in cams:
                 (root / f"{split}_{kind}" / f"cam{cam}").mkdir(parents=True)
     for split, pids in (("train", train), ("test", test)):
         for label, pid in enumerate(pids):
             g = make_genome(seed, pid)
             rng = np.random.default_rng([seed, _TAG_CAMS, pid])
-            vis, nir = _camera_subset(rng, LLCM_VIS_CAMS, LLCM_NIR_CAMS, 0.5)
+            vis, nir = _camera_subset(rng, VIS_CAMS, NIR_CAMS, 0.5)
             for kind, mod, modality, cams in (("vis", "visible", VISIBLE, vis),
                                               ("nir", "nir", INFRARED, nir)):
                 for cam in cams:

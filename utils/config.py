@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import importlib
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 from yacs.config import CfgNode
 
-from utils.defaults import _C
+from utils.defaults import DEFAULTS
 from utils.errors import UserError
 from utils.io import atomic_write_text
 
@@ -26,30 +27,34 @@ _FALSE = {"no", "false", "off", "0"}
 # Keys whose string value is a path: '~' and '$VARS' expand in them.
 _PATH_SUFFIXES = ("_PATH", "ROOT", "_DIR")
 
-# Keys restricted to a fixed set of values (compared case-insensitively).
+# Keys restricted to a fixed set of values (compared case-insensitively). Keys
+# that name a registered entry (a dataset, backbone, ...) are in REGISTRY_KEYS.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "DATA.DATASET_NAME": ("regdb", "sysumm", "llcm"),
-    "MODEL.NAME": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "MODEL.POOLING": ("avg", "gem"),
     "LOSS.TRIPLET_DISTANCE": ("euclidean", "cosine"),
     "LOSS.TRIPLET_MINING": ("all", "cross"),
     "LOSS.METRIC_FEAT": ("pool", "bn"),
-    "TRAIN.OPTIMIZER": ("sgd", "adam", "adamw"),
-    "TRAIN.SCHEDULER": ("multistep", "cosine"),
     "TRAIN.SELECT": ("last", "val", "test"),
     "TEST.FEAT": ("bn", "pool"),
     "TEST.DISTANCE": ("euclidean", "cosine"),
     "TEST.GALLERY": ("auto", "official", "random"),
 }
 
-# Valid names inside tuple-valued keys.
-ITEM_CHOICES: dict[str, tuple[str, ...]] = {
-    "LOSS.TERMS": ("id", "triplet", "wrt", "center", "modality_id", "kl"),
+# Keys whose valid values are the names of a registry: (module, attribute). The
+# registries are imported when a config is checked, so the names are always the
+# ones the builders accept.
+REGISTRY_KEYS: dict[str, tuple[str, str]] = {
+    "DATA.DATASET_NAME": ("data", "DATASETS"),
+    "MODEL.NAME": ("modeling.backbone", "BACKBONES"),
+    "LOSS.TERMS": ("layers.criterion", "LOSS_TERMS"),
+    "TRAIN.OPTIMIZER": ("solver.optimizer", "OPTIMIZERS"),
+    "TRAIN.SCHEDULER": ("solver.scheduler", "SCHEDULERS"),
 }
 
 # Inclusive numeric ranges (None = unbounded on that side).
 RANGES: dict[str, tuple[float | None, float | None]] = {
-    "DATA.TRIAL": (1, 10),
+    "DATA.TRIAL": (1, None),
+    "DATA.VAL_IDS": (0, None),
     "DATA.FLIP_PROB": (0, 1),
     "DATA.PADDING": (0, None),
     "DATA.RE_PROB": (0, 1),
@@ -99,7 +104,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 
 def get_default_config() -> CfgNode:
     """Return a mutable copy of the defaults."""
-    return _C.clone()
+    return DEFAULTS.clone()
 
 
 def _type_name(value: Any) -> str:
@@ -187,7 +192,8 @@ def _set(cfg: CfgNode, section: str, key: str, text: str, where: str) -> None:
             hint = _closest(key_u, node.keys()).replace("mean ", f"mean {section_u}.")
         raise UserError(f"{where}: unknown key {section_u}.{key.strip()}{hint}")
     # The type comes from the default, not the current value (which may be an empty tuple).
-    node[key_u] = _parse_value(f"{section_u}.{key_u}", text, _C[section_u][key_u], where)
+    node[key_u] = _parse_value(f"{section_u}.{key_u}", text,
+                                 DEFAULTS[section_u][key_u], where)
 
 
 def _check(cfg: CfgNode, where: str) -> None:
@@ -200,15 +206,14 @@ def _check(cfg: CfgNode, where: str) -> None:
                 f"{where}: {full_key} = {cfg[section][key]!r} is not one of {', '.join(choices)}"
             )
         cfg[section][key] = value
-    for full_key, choices in ITEM_CHOICES.items():
+    for full_key in REGISTRY_KEYS:
         section, key = full_key.split(".")
-        values = tuple(v.lower() for v in cfg[section][key])
-        for v in values:
-            if v not in choices:
-                raise UserError(
-                    f"{where}: {full_key} has {v!r}, which is not one of {', '.join(choices)}"
-                )
-        cfg[section][key] = values
+        value = cfg[section][key]
+        names = tuple(v.lower() for v in value) if isinstance(value, tuple) else value.lower()
+        entries = registry(full_key)
+        for name in (names if isinstance(names, tuple) else (names,)):
+            entries.check(name, where)
+        cfg[section][key] = names
     for full_key, (lo, hi) in RANGES.items():
         section, key = full_key.split(".")
         value = cfg[section][key]
@@ -231,7 +236,9 @@ def _check(cfg: CfgNode, where: str) -> None:
             raise UserError(f"{where}: DATA.{name} must be two positive integers: height, width")
     if not cfg.LOSS.TERMS:
         raise UserError(f"{where}: LOSS.TERMS is empty; name at least one of "
-                        f"{', '.join(ITEM_CHOICES['LOSS.TERMS'])}")
+                        f"{', '.join(registry('LOSS.TERMS'))}")
+    if len(set(cfg.LOSS.TERMS)) != len(cfg.LOSS.TERMS):
+        raise UserError(f"{where}: LOSS.TERMS = {', '.join(cfg.LOSS.TERMS)} names a term twice")
 
 
 def merge_ini_text(cfg: CfgNode, text: str, where: str) -> None:
@@ -296,11 +303,18 @@ def config_from_ini_text(text: str, where: str = "checkpoint config") -> CfgNode
     return cfg
 
 
-def _format(value: Any) -> str:
+def registry(full_key: str) -> Any:
+    """The registry whose names are the valid values of ``full_key`` (see REGISTRY_KEYS)."""
+    module, attribute = REGISTRY_KEYS[full_key]
+    return getattr(importlib.import_module(module), attribute)
+
+
+def format_value(value: Any) -> str:
+    """A value as it is written in an .ini file (booleans as yes/no, tuples comma-separated)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, tuple):
-        return ", ".join(_format(v) for v in value)
+        return ", ".join(format_value(v) for v in value)
     return str(value)
 
 
@@ -310,7 +324,7 @@ def config_to_ini(cfg: CfgNode) -> str:
     for section in cfg:
         lines.append(f"\n[{section}]")
         for key, value in cfg[section].items():
-            lines.append(f"{key} = {_format(value)}")
+            lines.append(f"{key} = {format_value(value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -8,186 +8,188 @@ reference is generated from the comments in this file
 """
 from yacs.config import CfgNode as CN
 
-_C = CN()
+DEFAULTS = CN()
 
-_C.DATA = CN()
-# Dataset to use: regdb, sysumm or llcm.
-_C.DATA.DATASET_NAME = "regdb"
+DEFAULTS.DATA = CN()
+# Dataset to use (a reader registered in data.DATASETS).
+DEFAULTS.DATA.DATASET_NAME = "regdb"
 # Dataset root folder; empty = the environment variable REGDB_ROOT, SYSUMM_ROOT or LLCM_ROOT.
-_C.DATA.ROOT = ""
-# RegDB split to train and test on (1..10); each trial's model is trained on that trial only.
-_C.DATA.TRIAL = 1
-# SYSU-MM01: train on train + val ids (the field's practice); no = hold the val ids out for model selection.
-_C.DATA.SYSU_VAL_AS_TRAIN = True
+DEFAULTS.DATA.ROOT = ""
+# Split to train and test on, for datasets in fixed train/test splits (RegDB: 1..10); each trial's model is trained on that trial only.
+DEFAULTS.DATA.TRIAL = 1
+# SYSU-MM01: train on train + val ids (the field's practice); no = hold the official val ids out as the validation split.
+DEFAULTS.DATA.SYSU_VAL_AS_TRAIN = True
+# Training identities held out (with both modalities) as a cross-modality validation split, evaluated with the dataset's own protocol; 0 = none. Any dataset.
+DEFAULTS.DATA.VAL_IDS = 0
 # Training image size (height, width).
-_C.DATA.SIZE_TRAIN = (384, 128)
+DEFAULTS.DATA.SIZE_TRAIN = (384, 128)
 # Test image size (height, width).
-_C.DATA.SIZE_TEST = (384, 128)
+DEFAULTS.DATA.SIZE_TEST = (384, 128)
 # Probability of a horizontal flip in training.
-_C.DATA.FLIP_PROB = 0.5
+DEFAULTS.DATA.FLIP_PROB = 0.5
 # Pixels of zero padding before the random crop back to SIZE_TRAIN; 0 = no pad-and-crop.
-_C.DATA.PADDING = 10
+DEFAULTS.DATA.PADDING = 10
 # Probability of random erasing in training; 0 = off.
-_C.DATA.RE_PROB = 0.5
+DEFAULTS.DATA.RE_PROB = 0.5
 # Random erasing: range of the erased area as a fraction of the image (min, max).
-_C.DATA.RE_AREA = (0.02, 0.4)
+DEFAULTS.DATA.RE_AREA = (0.02, 0.4)
 # Random erasing: smallest aspect ratio of the erased box (the largest is its inverse).
-_C.DATA.RE_MIN_RATIO = 0.3
+DEFAULTS.DATA.RE_MIN_RATIO = 0.3
 # Probability of turning a visible training image to grayscale (3 equal channels).
-_C.DATA.GRAY_PROB_VISIBLE = 0.0
+DEFAULTS.DATA.GRAY_PROB_VISIBLE = 0.0
 # Probability of turning an infrared training image to grayscale (3 equal channels).
-_C.DATA.GRAY_PROB_INFRARED = 0.0
+DEFAULTS.DATA.GRAY_PROB_INFRARED = 0.0
 # Probability of CAJ channel augmentation: visible = one random channel (or gray) copied to all three; infrared = one random channel or gray.
-_C.DATA.CHANNEL_AUG_PROB = 0.0
+DEFAULTS.DATA.CHANNEL_AUG_PROB = 0.0
 # Per-channel normalisation mean (RGB order).
-_C.DATA.NORMALIZATION_MEAN = (0.485, 0.456, 0.406)
+DEFAULTS.DATA.NORMALIZATION_MEAN = (0.485, 0.456, 0.406)
 # Per-channel normalisation standard deviation (RGB order).
-_C.DATA.NORMALIZATION_STD = (0.229, 0.224, 0.225)
+DEFAULTS.DATA.NORMALIZATION_STD = (0.229, 0.224, 0.225)
 # Loader worker processes (0 = load in the main process).
-_C.DATA.NUM_WORKERS = 4
+DEFAULTS.DATA.NUM_WORKERS = 4
 # Images per training batch = 2 x identities x SAMPLE_ID_INSTANCE (both modalities of every identity).
-_C.DATA.TRAIN_BATCH_SIZE = 64
+DEFAULTS.DATA.TRAIN_BATCH_SIZE = 64
 # K: images of each modality per identity in a training batch.
-_C.DATA.SAMPLE_ID_INSTANCE = 4
+DEFAULTS.DATA.SAMPLE_ID_INSTANCE = 4
 # Images per batch for feature extraction.
-_C.DATA.TEST_BATCH_SIZE = 128
+DEFAULTS.DATA.TEST_BATCH_SIZE = 128
 # Decode and resize every image once into a memory-mapped uint8 store, reused by later epochs and runs.
-_C.DATA.CACHE = False
+DEFAULTS.DATA.CACHE = False
 # Folder of the decoded-image store; empty = $VIREID_CACHE or ~/.cache/vireid.
-_C.DATA.CACHE_DIR = ""
+DEFAULTS.DATA.CACHE_DIR = ""
 # Open every image's header when the dataset is read (catches files that are not images); no = only check they exist.
-_C.DATA.VERIFY_IMAGES = True
+DEFAULTS.DATA.VERIFY_IMAGES = True
 
-_C.MODEL = CN()
+DEFAULTS.MODEL = CN()
 # Device: auto (CUDA when available), cpu, cuda or cuda:N.
-_C.MODEL.DEVICE = "auto"
-# Backbone: resnet18, resnet34, resnet50 or resnet101 (torchvision).
-_C.MODEL.NAME = "resnet50"
-# Stride of the last ResNet stage: 1 (larger feature map, the re-ID habit) or 2.
-_C.MODEL.LAST_STRIDE = 1
+DEFAULTS.MODEL.DEVICE = "auto"
+# Backbone (a builder registered in modeling.backbone.BACKBONES; torchvision networks).
+DEFAULTS.MODEL.NAME = "resnet50"
+# Stride of the last backbone stage: 1 (larger feature map, the re-ID habit) or 2.
+DEFAULTS.MODEL.LAST_STRIDE = 1
 # Backbone weights: empty = random init, imagenet = torchvision's weights API, or a path to a torchvision state dict.
-_C.MODEL.PRETRAIN_PATH = "imagenet"
+DEFAULTS.MODEL.PRETRAIN_PATH = "imagenet"
 # Where the modality streams meet: 0 = one shared backbone, 1 = specific stem (AGW), 2..4 = specific through layer1..layer3.
-_C.MODEL.SHARED_FROM = 0
+DEFAULTS.MODEL.SHARED_FROM = 0
 # Global pooling: avg or gem.
-_C.MODEL.POOLING = "avg"
+DEFAULTS.MODEL.POOLING = "avg"
 # GeM: initial power p.
-_C.MODEL.GEM_P = 3.0
+DEFAULTS.MODEL.GEM_P = 3.0
 # GeM: learn p (yes) or keep it fixed (no).
-_C.MODEL.GEM_LEARNABLE = True
-# Non-local blocks after the last blocks of each ResNet stage (layer1..layer4); AGW uses 0, 2, 3, 0. In a modality-specific stage each stream has its own.
-_C.MODEL.NON_LOCAL_BLOCKS = (0, 0, 0, 0)
+DEFAULTS.MODEL.GEM_LEARNABLE = True
+# Non-local blocks after the last blocks of each backbone stage (layer1..layer4); AGW uses 0, 2, 3, 0. In a modality-specific stage each stream has its own.
+DEFAULTS.MODEL.NON_LOCAL_BLOCKS = (0, 0, 0, 0)
 # Non-local inner width = channels // NON_LOCAL_REDUCTION.
-_C.MODEL.NON_LOCAL_REDUCTION = 2
+DEFAULTS.MODEL.NON_LOCAL_REDUCTION = 2
 # Bias in the ID classifier (the BNNeck design uses none).
-_C.MODEL.FC_BIAS = False
+DEFAULTS.MODEL.FC_BIAS = False
 # Width of the hidden layer of the modality-specific ID heads (used when LOSS.TERMS has modality_id or kl).
-_C.MODEL.HEAD_DIM = 512
+DEFAULTS.MODEL.HEAD_DIM = 512
 
-_C.LOSS = CN()
-# Loss terms to train with: id, triplet, wrt, center, modality_id, kl.
-_C.LOSS.TERMS = ("id", "triplet")
+DEFAULTS.LOSS = CN()
+# Loss terms to train with (names registered in layers.criterion.LOSS_TERMS).
+DEFAULTS.LOSS.TERMS = ("id", "triplet")
 # Weight of the ID (cross-entropy) loss.
-_C.LOSS.ID_WEIGHT = 1.0
+DEFAULTS.LOSS.ID_WEIGHT = 1.0
 # Label smoothing epsilon of the ID losses; 0 = plain cross-entropy.
-_C.LOSS.LABEL_SMOOTH = 0.0
+DEFAULTS.LOSS.LABEL_SMOOTH = 0.0
 # Weight of the batch-hard triplet loss.
-_C.LOSS.TRIPLET_WEIGHT = 1.0
+DEFAULTS.LOSS.TRIPLET_WEIGHT = 1.0
 # Triplet margin.
-_C.LOSS.MARGIN = 0.3
+DEFAULTS.LOSS.MARGIN = 0.3
 # Distance of the triplet losses: euclidean or cosine.
-_C.LOSS.TRIPLET_DISTANCE = "euclidean"
+DEFAULTS.LOSS.TRIPLET_DISTANCE = "euclidean"
 # Triplet mining: all (whole batch) or cross (positives and negatives from the other modality only).
-_C.LOSS.TRIPLET_MINING = "all"
+DEFAULTS.LOSS.TRIPLET_MINING = "all"
 # Feature the metric losses (triplet, wrt, center) see: pool (pre-BN) or bn (post-BN).
-_C.LOSS.METRIC_FEAT = "pool"
+DEFAULTS.LOSS.METRIC_FEAT = "pool"
 # Weight of the weighted regularized triplet loss (AGW).
-_C.LOSS.WRT_WEIGHT = 1.0
+DEFAULTS.LOSS.WRT_WEIGHT = 1.0
 # Weight of the center loss.
-_C.LOSS.CENTER_WEIGHT = 0.0005
+DEFAULTS.LOSS.CENTER_WEIGHT = 0.0005
 # Update rate alpha of the class centres, by the center-loss paper's rule c -= alpha * sum(c - x) / (1 + n) (not the optimizer, not the schedule).
-_C.LOSS.CENTER_LR = 0.5
+DEFAULTS.LOSS.CENTER_LR = 0.5
 # Weight of the modality-specific ID heads' cross-entropy (each head on its own modality).
-_C.LOSS.MODALITY_ID_WEIGHT = 1.0
+DEFAULTS.LOSS.MODALITY_ID_WEIGHT = 1.0
 # Weight of the KL consistency between the two modality heads.
-_C.LOSS.KL_WEIGHT = 1.0
+DEFAULTS.LOSS.KL_WEIGHT = 1.0
 
-_C.TRAIN = CN()
+DEFAULTS.TRAIN = CN()
 # Run folder: merged config, logs, metrics and checkpoints go here.
-_C.TRAIN.OUTPUT_PATH = "./output/run"
+DEFAULTS.TRAIN.OUTPUT_PATH = "./output/run"
 # Random seed (python, numpy, torch, sampler).
-_C.TRAIN.SEED = 2019
+DEFAULTS.TRAIN.SEED = 2019
 # Deterministic algorithms and no cudnn.benchmark (exact resume; slower on GPU).
-_C.TRAIN.DETERMINISTIC = False
-# Optimizer: sgd, adam or adamw.
-_C.TRAIN.OPTIMIZER = "adam"
+DEFAULTS.TRAIN.DETERMINISTIC = False
+# Optimizer (registered in solver.optimizer.OPTIMIZERS).
+DEFAULTS.TRAIN.OPTIMIZER = "adam"
 # Learning rate of the backbone.
-_C.TRAIN.BASE_LR = 0.00035
+DEFAULTS.TRAIN.BASE_LR = 0.00035
 # Learning-rate multiple of the new layers (BNNeck, classifier, pooling, non-local) over BASE_LR.
-_C.TRAIN.NEW_LR_FACTOR = 1.0
+DEFAULTS.TRAIN.NEW_LR_FACTOR = 1.0
 # Learning-rate multiple of the modality-specific ID heads over BASE_LR.
-_C.TRAIN.HEAD_LR_FACTOR = 10.0
+DEFAULTS.TRAIN.HEAD_LR_FACTOR = 10.0
 # SGD momentum (also Adam's beta1).
-_C.TRAIN.MOMENTUM = 0.9
+DEFAULTS.TRAIN.MOMENTUM = 0.9
 # SGD: Nesterov momentum.
-_C.TRAIN.NESTEROV = True
+DEFAULTS.TRAIN.NESTEROV = True
 # Weight decay of weights.
-_C.TRAIN.WEIGHT_DECAY = 0.0005
+DEFAULTS.TRAIN.WEIGHT_DECAY = 0.0005
 # Weight decay of biases, normalisation parameters and GeM's p; 0 = none.
-_C.TRAIN.WEIGHT_DECAY_BIAS = 0.0005
-# Learning-rate schedule: multistep or cosine, each after a linear warmup.
-_C.TRAIN.SCHEDULER = "multistep"
+DEFAULTS.TRAIN.WEIGHT_DECAY_BIAS = 0.0005
+# Learning-rate schedule after the linear warmup (registered in solver.scheduler.SCHEDULERS).
+DEFAULTS.TRAIN.SCHEDULER = "multistep"
 # Multistep: epochs at which the learning rate is multiplied by GAMMA; empty = constant.
-_C.TRAIN.STEPS = (40, 70)
+DEFAULTS.TRAIN.STEPS = (40, 70)
 # Multistep: decay factor.
-_C.TRAIN.GAMMA = 0.1
+DEFAULTS.TRAIN.GAMMA = 0.1
 # Epochs of linear warmup (stepped per iteration); 0 = none.
-_C.TRAIN.WARMUP_EPOCHS = 10
+DEFAULTS.TRAIN.WARMUP_EPOCHS = 10
 # Learning-rate factor at the start of the warmup.
-_C.TRAIN.WARMUP_FACTOR = 0.01
+DEFAULTS.TRAIN.WARMUP_FACTOR = 0.01
 # Cosine: final learning rate as a fraction of the initial one.
-_C.TRAIN.MIN_LR_FACTOR = 0.002
+DEFAULTS.TRAIN.MIN_LR_FACTOR = 0.002
 # Number of training epochs.
-_C.TRAIN.MAX_EPOCHS = 120
+DEFAULTS.TRAIN.MAX_EPOCHS = 120
 # Iterations per epoch; 0 = enough batches to cover the larger modality once.
-_C.TRAIN.ITERS_PER_EPOCH = 0
+DEFAULTS.TRAIN.ITERS_PER_EPOCH = 0
 # Save last.pth every this many epochs (and always at the end).
-_C.TRAIN.CHECKPOINT_PERIOD = 10
+DEFAULTS.TRAIN.CHECKPOINT_PERIOD = 10
 # Evaluate every this many epochs: on the selection split (SELECT val/test), else for monitoring only (val ids when held out, else test); 0 = only at the end.
-_C.TRAIN.EVAL_PERIOD = 10
+DEFAULTS.TRAIN.EVAL_PERIOD = 10
 # Log a line every this many iterations when output is not a terminal (a tqdm bar otherwise), and write per-iteration TensorBoard scalars.
-_C.TRAIN.LOG_PERIOD = 50
-# Model selection: last (final epoch), val (SYSU val ids held out) or test (best epoch on the test set; labelled as such).
-_C.TRAIN.SELECT = "last"
+DEFAULTS.TRAIN.LOG_PERIOD = 50
+# Model selection: last (final epoch), val (best epoch on the validation split: DATA.VAL_IDS) or test (best epoch on the test set; labelled as such).
+DEFAULTS.TRAIN.SELECT = "last"
 # Automatic mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); ignored on CPU.
-_C.TRAIN.AMP = True
+DEFAULTS.TRAIN.AMP = True
 # channels_last memory format on CUDA; ignored on CPU.
-_C.TRAIN.CHANNELS_LAST = True
+DEFAULTS.TRAIN.CHANNELS_LAST = True
 # Convert BatchNorm to SyncBatchNorm in multi-GPU runs; ignored on CPU and in single-process runs.
-_C.TRAIN.SYNC_BN = False
+DEFAULTS.TRAIN.SYNC_BN = False
 
-_C.TEST = CN()
+DEFAULTS.TEST = CN()
 # Feature used for retrieval: bn (after the BNNeck) or pool (before it).
-_C.TEST.FEAT = "bn"
+DEFAULTS.TEST.FEAT = "bn"
 # L2-normalise features before computing distances.
-_C.TEST.NORM = True
+DEFAULTS.TEST.NORM = True
 # Distance: euclidean (squared) or cosine.
-_C.TEST.DISTANCE = "euclidean"
+DEFAULTS.TEST.DISTANCE = "euclidean"
 # Test-time augmentation: average the feature of each image and its mirror.
-_C.TEST.FLIP = False
+DEFAULTS.TEST.FLIP = False
 # k-reciprocal re-ranking of the distance matrix.
-_C.TEST.RERANK = False
+DEFAULTS.TEST.RERANK = False
 # Re-ranking: k1.
-_C.TEST.RERANK_K1 = 20
+DEFAULTS.TEST.RERANK_K1 = 20
 # Re-ranking: k2.
-_C.TEST.RERANK_K2 = 6
+DEFAULTS.TEST.RERANK_K2 = 6
 # Re-ranking: weight of the original distance.
-_C.TEST.RERANK_LAMBDA = 0.3
+DEFAULTS.TEST.RERANK_LAMBDA = 0.3
 # SYSU gallery sampling: auto (official file if found, else random), official or random (seeded, AGW family).
-_C.TEST.GALLERY = "auto"
+DEFAULTS.TEST.GALLERY = "auto"
 # SYSU official permutation file; empty = <DATA.ROOT>/exp/rand_perm_cam.mat.
-_C.TEST.PERM_PATH = ""
+DEFAULTS.TEST.PERM_PATH = ""
 # Number of gallery trials for SYSU-MM01 and LLCM.
-_C.TEST.NUM_TRIALS = 10
+DEFAULTS.TEST.NUM_TRIALS = 10
 # Number of CMC ranks computed and reported.
-_C.TEST.MAX_RANK = 20
+DEFAULTS.TEST.MAX_RANK = 20

@@ -6,10 +6,10 @@ import os
 import numpy as np
 import torch
 
+from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
 from utils.visualize import save_figure
 
-VISIBLE, INFRARED = 0, 1
 MODALITY_MARKERS = {VISIBLE: ("o", "visible"), INFRARED: ("^", "infrared")}
 METHODS = ("auto", "tsne", "pca")
 METHOD_NAMES = {"tsne": "t-SNE", "pca": "PCA"}

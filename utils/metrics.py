@@ -1,12 +1,12 @@
 """Ranking metrics of the cross-modality protocols: CMC, mAP and mINP.
 
-All three protocols share one vectorized routine. For every query the gallery
-is ranked by distance (a stable sort: ties go to the lower gallery index), the
-protocol's gallery filter is applied, and
+Every protocol shares one vectorized routine. For every query the gallery is
+ranked by distance (a stable sort: ties go to the lower gallery index), the
+protocol's gallery filter (its :class:`RankingRule`) is applied, and
 
 - CMC@k is 1 when a true match is within the first k entries of the filtered
-  ranking, de-duplicated by identity (first occurrence of each id kept) for
-  SYSU-MM01 and LLCM and as it is for RegDB;
+  ranking, de-duplicated by identity (first occurrence of each id kept) when
+  the rule says so (SYSU-MM01, LLCM) and as it is otherwise (RegDB);
 - AP is the mean over the true matches of (matches so far) / (rank of the
   match) and INP is (number of matches) / (rank of the last match), both over
   the filtered ranking without de-duplication;
@@ -14,26 +14,23 @@ protocol's gallery filter is applied, and
 
 Work runs in torch on the distance matrix's device (the GPU when the features
 are there), a chunk of queries at a time so memory stays bounded for large
-galleries, with no per-query Python loop. Only the true matches' ranks are
-needed, so each row is sorted by value (NumPy's vectorized sort on the CPU)
-and the matches are located in it by binary search; the gallery is never
-permuted.
+galleries (:class:`FeatureDistances` computes each chunk's distances from the
+features, so the whole matrix never exists), with no per-query Python loop.
+Only the true matches' ranks are needed, so each row is sorted by value
+(NumPy's vectorized sort on the CPU) and the matches are located in it by
+binary search; the gallery is never permuted.
 """
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from utils.errors import UserError
 
 ArrayLike = np.ndarray | torch.Tensor | list
-Rule = Literal["sysu", "regdb", "llcm"]
-
-# Official SYSU-MM01 camera labels for cams 1..6: cams 2 and 3 share a room, so
-# a gallery entry whose label equals the query's is skipped.
-SYSU_CAMERA_LABELS = (1, 2, 2, 4, 5, 6)
 
 # Distance-matrix elements handled per chunk: a few (chunk, G) temporaries of
 # at most 8 bytes per element each are alive at once.
@@ -47,11 +44,57 @@ def _as_tensor(x: ArrayLike, device: torch.device, dtype: torch.dtype | None = N
     return t.to(device=device, dtype=dtype or t.dtype)
 
 
-def _sysu_labels(cams: torch.Tensor) -> torch.Tensor:
-    table = torch.tensor((0,) + SYSU_CAMERA_LABELS, device=cams.device)
-    if cams.numel() and (int(cams.min()) < 1 or int(cams.max()) > 6):
-        raise ValueError("SYSU-MM01 camera ids must be 1..6")
-    return table[cams.long()]
+@dataclass(frozen=True)
+class RankingRule:
+    """Which gallery entries each query's ranking drops, and how CMC counts.
+
+    Attributes:
+        name: label written with the results (each dataset names its rule).
+        skip: ``none`` (keep everything); ``camera`` (drop gallery entries whose
+            camera group equals the query's, whatever the id); ``id_camera``
+            (drop entries of the query's own id in the query's camera group).
+        camera_groups: ``((camera, group), ...)``: cameras that share a group
+            (e.g. two cameras in one room); a camera not listed is its own group.
+        dedup_cmc: CMC over the ranking de-duplicated by identity (each id kept at
+            its first occurrence); mAP and mINP never de-duplicate.
+    """
+
+    name: str
+    skip: str = "none"
+    camera_groups: tuple[tuple[int, int], ...] = ()
+    dedup_cmc: bool = False
+
+    def __post_init__(self) -> None:
+        if self.skip not in ("none", "camera", "id_camera"):
+            raise ValueError(f"RankingRule.skip = {self.skip!r}: expected none, camera or "
+                             "id_camera")
+
+    def groups(self, cams: torch.Tensor) -> torch.Tensor:
+        """(N,) camera ids -> (N,) int32 camera groups."""
+        out = cams.long().clone()
+        for cam, group in self.camera_groups:
+            out[cams == cam] = group
+        return out.int()
+
+    def removed(self, q_pids: torch.Tensor, q_cams: torch.Tensor | None,
+                g_pids: torch.Tensor, g_cams: torch.Tensor | None) -> torch.Tensor | None:
+        """(Q, G) bool: the gallery entries dropped from each query's ranking (None = none).
+
+        Args:
+            q_pids, q_cams: (Q,) ids and camera ids; g_pids, g_cams: (G,).
+        """
+        if self.skip == "none":
+            return None
+        if q_cams is None or g_cams is None:
+            raise ValueError(f"ranking rule {self.name!r} needs query and gallery camera ids")
+        out = self.groups(g_cams)[None] == self.groups(q_cams)[:, None]
+        if self.skip == "id_camera":  # only the same person seen by the same camera
+            out &= g_pids[None] == q_pids[:, None]
+        return out
+
+
+# Nothing dropped, plain CMC.
+PLAIN = RankingRule("plain")
 
 
 def _sort_rows(x: torch.Tensor) -> torch.Tensor:
@@ -78,8 +121,8 @@ def _tied_before(keys: torch.Tensor, rows: torch.Tensor, values: torch.Tensor,
 
 
 def _chunk_sums(dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
-                q_key: torch.Tensor | None, g_key: torch.Tensor | None, num_ids: int,
-                rule: Rule, max_rank: int
+                q_cams: torch.Tensor | None, g_cams: torch.Tensor | None, num_ids: int,
+                rule: RankingRule, max_rank: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Sums over the valid queries of one chunk.
 
@@ -92,7 +135,7 @@ def _chunk_sums(dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
     Args:
         dist: (c, G) finite distances.
         q_pids: (c,) compact query ids in 0..num_ids-1; g_pids: (G,) gallery ones.
-        q_key, g_key: (c,), (G,) camera keys (None for regdb).
+        q_cams, g_cams: (c,), (G,) camera ids (None when the rule needs none).
 
     Returns:
         cmc_sum (max_rank,) float64, ap_sum and inp_sum (0-dim float64), number
@@ -103,11 +146,8 @@ def _chunk_sums(dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
     if not bool(torch.isfinite(dist.amax(1)).all() and torch.isfinite(dist.amin(1)).all()):
         raise ValueError("distmat has NaN or infinite entries")
     match = g_pids.int()[None] == q_pids.int()[:, None]
-    removed = None
-    if rule != "regdb":
-        removed = g_key[None] == q_key[:, None]
-        if rule == "llcm":  # only the same person seen by the same camera
-            removed &= match
+    removed = rule.removed(q_pids, q_cams, g_pids, g_cams)
+    if removed is not None:
         match &= ~removed
     rows, cols = match.nonzero(as_tuple=True)
     del match
@@ -144,7 +184,7 @@ def _chunk_sums(dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
     ordinal = torch.arange(1, width + 1, device=dev, dtype=torch.float64)[None]
     ap = torch.where(real, ordinal / rank.double(), zero).sum(1)[valid] / counts[valid]
     inp = counts[valid].double() / rank.gather(1, (counts - 1).clamp(min=0)[:, None])[valid, 0]
-    if rule == "regdb":
+    if not rule.dedup_cmc:
         first_rank = rank[valid, 0] - 1
     else:
         first_value = values.gather(1, order[:, :1])
@@ -159,21 +199,72 @@ def _chunk_sums(dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
     return cmc_sum, ap.sum(), inp.sum(), n_valid
 
 
-def evaluate_ranking(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
-                     q_camids: ArrayLike | None = None, g_camids: ArrayLike | None = None,
-                     rule: Rule = "regdb", max_rank: int = 20,
-                     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+def feature_distance(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean",
+                     normalize: bool = True) -> torch.Tensor:
+    """Distances between two feature sets (smaller is closer).
+
+    Args:
+        x: (M, D) features; y: (N, D) features.
+        metric: ``euclidean`` (squared), ``cosine`` (1 - cosine similarity) or
+            ``dot`` (minus the inner product: a ranking by similarity).
+        normalize: L2-normalise the features first (TEST.NORM).
+
+    Returns:
+        (M, N) float32 distances on ``x``'s device.
+    """
+    x, y = x.float(), y.float()
+    if normalize:
+        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    if metric == "cosine":
+        return 1 - F.normalize(x, dim=1) @ F.normalize(y, dim=1).t()
+    if metric == "dot":
+        return -(x @ y.t())
+    if metric != "euclidean":
+        raise ValueError(f"unknown distance {metric!r}: expected euclidean, cosine or dot")
+    sq = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1)[None]
+    return sq.addmm_(x, y.t(), beta=1, alpha=-2).clamp_(min=0)
+
+
+class FeatureDistances:
+    """A (Q, G) distance matrix computed a block of query rows at a time.
+
+    :func:`evaluate_ranking` reads it chunk by chunk, so the whole Q x G matrix
+    never exists; it lives on the features' device.
+
+    Args:
+        q_feat: (Q, D) query features; g_feat: (G, D) gallery features.
+        metric, normalize: as in :func:`feature_distance`.
+    """
+
+    def __init__(self, q_feat: torch.Tensor, g_feat: torch.Tensor, metric: str = "euclidean",
+                 normalize: bool = True) -> None:
+        self.q_feat, self.metric, self.normalize = q_feat, metric, normalize
+        self.g_feat = g_feat.to(q_feat.device)
+        self.shape = (q_feat.shape[0], g_feat.shape[0])
+        self.device = q_feat.device
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return feature_distance(self.q_feat[rows], self.g_feat, self.metric, self.normalize)
+
+    def full(self) -> torch.Tensor:
+        """The whole (Q, G) matrix (re-ranking needs it)."""
+        return self[:]
+
+
+def evaluate_ranking(distmat: ArrayLike | FeatureDistances, q_pids: ArrayLike,
+                     g_pids: ArrayLike, q_camids: ArrayLike | None = None,
+                     g_camids: ArrayLike | None = None, rule: RankingRule = PLAIN,
+                     max_rank: int = 20, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
                      ) -> tuple[np.ndarray, float, float]:
-    """CMC, mAP and mINP of a distance matrix under one protocol's gallery rule.
+    """CMC, mAP and mINP of a ranking under one protocol's gallery rule.
 
     Args:
         distmat: (Q, G) distances, smaller is closer (numpy or torch; a torch
-            tensor is evaluated on its own device).
+            tensor is evaluated on its own device), or :class:`FeatureDistances`
+            computing them a chunk at a time.
         q_pids, g_pids: (Q,), (G,) identity labels.
-        q_camids, g_camids: (Q,), (G,) camera ids (needed by sysu and llcm).
-        rule: ``sysu`` (skip gallery entries with the query's official camera
-            label, de-duplicated CMC), ``llcm`` (skip same id and same camera,
-            de-duplicated CMC) or ``regdb`` (nothing skipped, plain CMC).
+        q_camids, g_camids: (Q,), (G,) camera ids (needed by rules that skip by camera).
+        rule: the protocol's :class:`RankingRule`.
         max_rank: length of the CMC curve; ranks beyond the gallery size repeat
             the last value.
         chunk_elements: distance elements processed at a time.
@@ -184,14 +275,17 @@ def evaluate_ranking(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
     Raises:
         UserError: no query has a true match in the gallery.
     """
-    dist = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(
-        np.ascontiguousarray(distmat))
-    if dist.dim() != 2:
-        raise ValueError(f"distmat must be 2-D (Q, G), got shape {tuple(dist.shape)}")
-    if not dist.is_floating_point():
-        dist = dist.double()
-    elif dist.dtype in (torch.float16, torch.bfloat16):
-        dist = dist.float()
+    if isinstance(distmat, FeatureDistances):
+        dist: FeatureDistances | torch.Tensor = distmat
+    else:
+        dist = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(
+            np.ascontiguousarray(distmat))
+        if dist.dim() != 2:
+            raise ValueError(f"distmat must be 2-D (Q, G), got shape {tuple(dist.shape)}")
+        if not dist.is_floating_point():
+            dist = dist.double()
+        elif dist.dtype in (torch.float16, torch.bfloat16):
+            dist = dist.float()
     device = dist.device
     num_q, num_g = dist.shape
     qp = _as_tensor(q_pids, device).long().reshape(-1)
@@ -202,15 +296,8 @@ def evaluate_ranking(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
     # Compact ids: the de-duplication table is as wide as the id set.
     uniq, inverse = torch.unique(torch.cat([gp, qp]), return_inverse=True)
     gp, qp = inverse[:num_g], inverse[num_g:]  # int64: index_add_ needs it
-    q_key = g_key = None
-    if rule != "regdb":
-        if q_camids is None or g_camids is None:
-            raise ValueError(f"rule {rule!r} needs query and gallery camera ids")
-        q_key = _as_tensor(q_camids, device).long().reshape(-1)
-        g_key = _as_tensor(g_camids, device).long().reshape(-1)
-        if rule == "sysu":
-            q_key, g_key = _sysu_labels(q_key), _sysu_labels(g_key)
-        q_key, g_key = q_key.int(), g_key.int()
+    q_cams = None if q_camids is None else _as_tensor(q_camids, device).long().reshape(-1)
+    g_cams = None if g_camids is None else _as_tensor(g_camids, device).long().reshape(-1)
 
     step = max(1, chunk_elements // max(num_g, 1))
     cmc = torch.zeros(max_rank, dtype=torch.float64, device=device)
@@ -220,7 +307,7 @@ def evaluate_ranking(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
     for s in range(0, num_q, step):
         e = min(num_q, s + step)
         c_cmc, c_ap, c_inp, c_n = _chunk_sums(
-            dist[s:e], qp[s:e], gp, None if q_key is None else q_key[s:e], g_key,
+            dist[s:e], qp[s:e], gp, None if q_cams is None else q_cams[s:e], g_cams,
             len(uniq), rule, max_rank)
         cmc += c_cmc
         ap_sum += c_ap
@@ -230,42 +317,3 @@ def evaluate_ranking(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
         raise UserError(f"none of the {num_q} queries has a true match among the {num_g} "
                         "gallery images: query and gallery must share identities")
     return ((cmc / n_valid).cpu().numpy(), float(ap_sum) / n_valid, float(inp_sum) / n_valid)
-
-
-def eval_sysu(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
-              g_camids: ArrayLike, max_rank: int = 20) -> tuple[np.ndarray, float, float]:
-    """SYSU-MM01: a query from cam 3 skips gallery cam 2 (official labels [1 2 2 4 5 6]).
-
-    Args:
-        distmat: (Q, G) distances; q_pids, q_camids: (Q,); g_pids, g_camids: (G,).
-
-    Returns:
-        (cmc (max_rank,), mAP, mINP); CMC over the de-duplicated id list.
-    """
-    return evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, "sysu", max_rank)
-
-
-def eval_regdb(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
-               max_rank: int = 20) -> tuple[np.ndarray, float, float]:
-    """RegDB: nothing is removed from the gallery; plain CMC.
-
-    Args:
-        distmat: (Q, G) distances; q_pids: (Q,); g_pids: (G,).
-
-    Returns:
-        (cmc (max_rank,), mAP, mINP).
-    """
-    return evaluate_ranking(distmat, q_pids, g_pids, rule="regdb", max_rank=max_rank)
-
-
-def eval_llcm(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
-              g_camids: ArrayLike, max_rank: int = 20) -> tuple[np.ndarray, float, float]:
-    """LLCM: skip gallery images with the query's id and camera; de-duplicated CMC.
-
-    Args:
-        distmat: (Q, G) distances; q_pids, q_camids: (Q,); g_pids, g_camids: (G,).
-
-    Returns:
-        (cmc (max_rank,), mAP, mINP).
-    """
-    return evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, "llcm", max_rank)

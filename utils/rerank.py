@@ -9,8 +9,29 @@ from __future__ import annotations
 
 import torch
 
+from utils.errors import UserError
+
 # Elements per temporary block of the Jaccard step.
 _JACCARD_BLOCK = 1 << 24
+
+# Re-ranking holds three dense (Q+G) x (Q+G) matrices: 25,000 images is about
+# 7.5 GB in float32, beyond which the evaluation refuses it.
+MAX_RERANK_IMAGES = 25_000
+
+
+def check_rerank_size(num_query: int, num_gallery: int) -> None:
+    """Refuse a re-ranking whose dense matrices would not fit.
+
+    Raises:
+        UserError: Q + G above MAX_RERANK_IMAGES.
+    """
+    n = num_query + num_gallery
+    if n > MAX_RERANK_IMAGES:
+        gb = 3 * n * n * 4 / 1e9
+        raise UserError(f"TEST.RERANK: {num_query} queries + {num_gallery} gallery images = {n} "
+                        f"exceeds the re-ranking limit of {MAX_RERANK_IMAGES} images (it builds "
+                        f"three dense {n} x {n} matrices, {gb:.0f} GB in float32); set "
+                        "TEST.RERANK no")
 
 
 def _reciprocal_mask(rank: torch.Tensor, rows: slice, k: int) -> torch.Tensor:

@@ -1,0 +1,51 @@
+"""Named registries: the only lists of valid names (datasets, backbones, losses, ...).
+
+A registry maps a name to what builds the thing. The configuration derives a
+key's allowed values from its registry (``utils.config``), so adding an entry
+is all it takes to make a name valid; a miss names the key and lists the
+valid names.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from utils.errors import UserError
+
+T = TypeVar("T")
+
+
+class Registry(dict[str, T]):
+    """A ``dict`` of name -> entry whose failed lookups are user errors.
+
+    Args:
+        key: the configuration key that names an entry, e.g. ``DATA.DATASET_NAME``.
+        what: what an entry is, for messages (``dataset``, ``backbone``, ...).
+    """
+
+    def __init__(self, key: str, what: str) -> None:
+        super().__init__()
+        self.key, self.what = key, what
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@REGISTRY.register("name")`` adds the decorated object."""
+        def add(entry: T) -> T:
+            if name in self:
+                raise ValueError(f"{self.what} {name!r} is registered twice")
+            self[name] = entry
+            return entry
+        return add
+
+    def unknown(self, name: str, where: str = "") -> str:
+        """The one-line message for a name that is not registered."""
+        prefix = f"{where}: " if where else ""
+        return (f"{prefix}{self.key} = {name!r} is not a known {self.what}; "
+                f"valid names: {', '.join(self)}")
+
+    def check(self, name: str, where: str = "") -> None:
+        """Raise UserError unless ``name`` is registered."""
+        if name not in self:
+            raise UserError(self.unknown(name, where))
+
+    def __missing__(self, name: str) -> T:
+        raise UserError(self.unknown(name))
