@@ -26,9 +26,17 @@ _FALSE = {"no", "false", "off", "0"}
 # Keys whose string value is a path: '~' and '$VARS' expand in them.
 _PATH_SUFFIXES = ("_PATH", "ROOT", "_DIR")
 
+# Channel augmentation rules (data.transforms.CHANNEL_RULES) of every image part.
+_CHANNEL_RULES = ("none", "random", "exchange", "adaptive_gray")
+
 # Keys restricted to a fixed set of values (compared case-insensitively).
 CHOICES: dict[str, tuple[str, ...]] = {
     "DATA.DATASET_NAME": ("regdb", "sysumm", "llcm"),
+    "DATA.RESIZE": ("bilinear", "lanczos"),
+    "DATA.RE_ASPECT": ("log", "uniform"),
+    "DATA.CHANNEL_AUG_VISIBLE": _CHANNEL_RULES,
+    "DATA.CHANNEL_AUG_COPY": _CHANNEL_RULES,
+    "DATA.CHANNEL_AUG_INFRARED": _CHANNEL_RULES,
     "MODEL.NAME": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "MODEL.POOLING": ("avg", "gem"),
     "LOSS.TRIPLET_DISTANCE": ("euclidean", "cosine"),
@@ -53,6 +61,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "DATA.FLIP_PROB": (0, 1),
     "DATA.PADDING": (0, None),
     "DATA.RE_PROB": (0, 1),
+    "DATA.RE_TRIES": (1, None),
     "DATA.GRAY_PROB_VISIBLE": (0, 1),
     "DATA.GRAY_PROB_INFRARED": (0, 1),
     "DATA.CHANNEL_AUG_PROB": (0, 1),
@@ -225,6 +234,9 @@ def _check(cfg: CfgNode, where: str) -> None:
         raise UserError(
             f"{where}: MODEL.NON_LOCAL_BLOCKS must be 4 non-negative counts (layer1..layer4)"
         )
+    if len(cfg.DATA.RE_FILL) != 3:
+        raise UserError(f"{where}: DATA.RE_FILL must be 3 numbers: the R, G, B fill in "
+                        f"normalised space")
     for name in ("SIZE_TRAIN", "SIZE_TEST"):
         size = cfg.DATA[name]
         if len(size) != 2 or min(size) < 1:
