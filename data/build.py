@@ -2,7 +2,9 @@
 
 Every batch is ``{'img': (B, 3, H, W) float, 'pid': (B,) long, 'cam': (B,) long,
 'modality': (B,) long, 'index': (B,) long}``, ``index`` being the record's
-position in the list the loader was built on. Workers pass uint8 images; the
+position in the list the loader was built on; training batches also hold
+``'part': (B,) long``, ``PART_COPY`` for the extra copies of visible images
+(DATA.VISIBLE_COPY), else ``PART_PLAIN``. Workers pass uint8 images; the
 loader normalises each batch (and applies the float augmentations) where it
 arrives: in this process, or on ``device`` when one is given, so that only
 uint8 pixels cross process boundaries and the PCIe bus.
@@ -20,18 +22,25 @@ from yacs.config import CfgNode
 from data.base import ImageRecord, VIReIDDataset
 from data.cache import DecodedStore, cache_folder, open_store
 from data.sampler import CrossModalityIdentitySampler
-from data.transforms import EvalTransform, TrainTransform, load_image
+from data.transforms import PART_COPY, PART_PLAIN, EvalTransform, TrainTransform, load_image
+from utils.constants import VISIBLE
 from utils.errors import UserError
 
 
-def sample_seeds(seed: int, epoch: int, rank: int, step: int, n: int) -> list[int]:
-    """The augmentation seeds of the ``n`` samples of one training batch."""
-    seq = np.random.SeedSequence([seed, epoch, rank, step])
-    return seq.generate_state(n, dtype=np.uint64).tolist()
+def sample_seeds(seed: int, epoch: int, rank: int, step: int, n: int,
+                 part: int = PART_PLAIN) -> list[int]:
+    """The augmentation seeds of the ``n`` samples of one part of a training batch.
+
+    Each part draws from its own stream, so adding copies leaves the seeds of
+    the plain images as they are.
+    """
+    entropy = [seed, epoch, rank, step] + ([part] if part != PART_PLAIN else [])
+    return np.random.SeedSequence(entropy).generate_state(n, dtype=np.uint64).tolist()
 
 
 class TrainImageSet(Dataset):
-    """Training images; ``dataset[(index, sample_seed)]`` augments with that seed.
+    """Training images; ``dataset[(index, sample_seed, part)]`` augments record
+    ``index`` with that seed, as the given part (PART_PLAIN or PART_COPY).
 
     Items hold the uint8 half of the augmentation (``img`` (3, H, W) uint8 and
     its ``aug`` parameters); ``TrainTransform.finish`` completes a batch.
@@ -40,13 +49,15 @@ class TrainImageSet(Dataset):
         records: training records.
         transform: the training transform.
         store: decoded cache of ``records`` at SIZE_TRAIN, or None to decode files.
+        resize: resize filter when decoding files (``data.transforms.RESIZE_FILTERS``).
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform: TrainTransform,
-                 store: DecodedStore | None = None) -> None:
+                 store: DecodedStore | None = None, resize: str = "bilinear") -> None:
         self.records = list(records)
         self.transform = transform
         self.store = store
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.records)
@@ -55,55 +66,77 @@ class TrainImageSet(Dataset):
         """(H, W, 3) uint8 image of record ``index`` at SIZE_TRAIN."""
         if self.store is not None:
             return self.store[index]
-        return load_image(self.records[index].path, self.transform.size)
+        return load_image(self.records[index].path, self.transform.size, self.resize)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        index, sample_seed = key
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        index, sample_seed, part = key
         rec = self.records[index]
         rng = np.random.default_rng(sample_seed)
-        img, params = self.transform.sample(self.image(index), rec.modality, rng)
+        img, params = self.transform.sample(self.image(index), rec.modality, rng, part)
         return {"img": img, "aug": params, "pid": rec.pid, "cam": rec.cam,
-                "modality": rec.modality, "index": index}
+                "modality": rec.modality, "index": index, "part": part}
 
 
 class EvalImageSet(Dataset):
-    """Test images in record order, resized to SIZE_TEST; ``img`` (3, H, W) uint8."""
+    """Test images in record order, resized to SIZE_TEST with ``resize``; ``img``
+    (3, H, W) uint8."""
 
     def __init__(self, records: Sequence[ImageRecord], size: tuple[int, int],
-                 transform: EvalTransform, store: DecodedStore | None = None) -> None:
+                 transform: EvalTransform, store: DecodedStore | None = None,
+                 resize: str = "bilinear") -> None:
         self.records = list(records)
         self.size = size
         self.transform = transform
         self.store = store
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        raw = self.store[index] if self.store is not None else load_image(rec.path, self.size)
+        raw = self.store[index] if self.store is not None \
+            else load_image(rec.path, self.size, self.resize)
         return {"img": self.transform.sample(raw), "pid": rec.pid, "cam": rec.cam,
                 "modality": rec.modality, "index": index}
 
 
 class SeededBatches:
-    """Pairs every index of the sampler's batches with its augmentation seed.
+    """Turns the sampler's batches into ``(index, seed, part)`` keys of ``TrainImageSet``.
 
-    The seed depends on (seed, epoch, rank, step, position), never on the worker
-    that loads the sample, so augmentations are reproducible and resumable.
+    The seed depends on (seed, epoch, rank, step, part, position), never on the
+    worker that loads the sample, so augmentations are reproducible and
+    resumable. With ``modalities`` (CAJ's joint batch) each batch becomes its
+    visible images, a PART_COPY of each of them in the same order, then its
+    infrared images; without, the sampler's batch as it is.
+
+    Args:
+        sampler: the training sampler.
+        modalities: modality of every record the sampler indexes, to add the
+            visible copies; None = no copies.
     """
 
-    def __init__(self, sampler: CrossModalityIdentitySampler) -> None:
+    def __init__(self, sampler: CrossModalityIdentitySampler,
+                 modalities: Sequence[int] | None = None) -> None:
         self.sampler = sampler
+        self.modalities = modalities
 
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         s = self.sampler
         for step, batch in enumerate(iter(s), start=s.start):
             seeds = sample_seeds(s.seed, s.epoch, s.rank, step, len(batch))
-            yield list(zip(batch, seeds))
+            keys = [(index, seed, PART_PLAIN) for index, seed in zip(batch, seeds)]
+            if self.modalities is None:
+                yield keys
+                continue
+            visible = [k for k in keys if self.modalities[k[0]] == VISIBLE]
+            infrared = [k for k in keys if self.modalities[k[0]] != VISIBLE]
+            copy_seeds = sample_seeds(s.seed, s.epoch, s.rank, step, len(visible), PART_COPY)
+            copies = [(index, seed, PART_COPY) for (index, _, _), seed in zip(visible, copy_seeds)]
+            yield visible + copies + infrared
 
 
 class VIReIDLoader(DataLoader):
@@ -131,7 +164,8 @@ def _store(cfg: CfgNode, records: Sequence[ImageRecord], size: tuple[int, int], 
     if not cfg.DATA.CACHE:
         return None
     return open_store([r.path for r in records], size, cache_folder(cfg),
-                      cfg.DATA.DATASET_NAME.lower(), split, verbose=verbose)
+                      cfg.DATA.DATASET_NAME.lower(), split, verbose=verbose,
+                      resize=cfg.DATA.RESIZE)
 
 
 def _loader_kwargs(cfg: CfgNode, device: torch.device | None) -> dict[str, Any]:
@@ -174,7 +208,8 @@ def make_train_loader(cfg: CfgNode, dataset: VIReIDDataset, rank: int | None = N
             transfer for CUDA); None = this process's CPU.
 
     Returns:
-        (loader, sampler); batches hold 2 * P * K images (TRAIN_BATCH_SIZE per rank).
+        (loader, sampler); batches hold 2 * P * K images (TRAIN_BATCH_SIZE per rank),
+        3 * P * K with DATA.VISIBLE_COPY (the sampler still draws 2 * P * K records).
     """
     if not dataset.train:
         raise UserError(f"{dataset.title()}: no training images (dataset read without them?)")
@@ -184,10 +219,12 @@ def make_train_loader(cfg: CfgNode, dataset: VIReIDDataset, rank: int | None = N
         rank=rank, world_size=world_size)
     transform = TrainTransform(cfg)
     store = _store(cfg, dataset.train, transform.size, "train", verbose)
-    images = TrainImageSet(dataset.train, transform, store)
+    images = TrainImageSet(dataset.train, transform, store, cfg.DATA.RESIZE)
+    modalities = [r.modality for r in dataset.train] if cfg.DATA.VISIBLE_COPY else None
     device = None if device is None else torch.device(device)
     loader = VIReIDLoader(images, _Finish(transform, device),
-                          batch_sampler=SeededBatches(sampler), **_loader_kwargs(cfg, device))
+                          batch_sampler=SeededBatches(sampler, modalities),
+                          **_loader_kwargs(cfg, device))
     return loader, sampler
 
 
@@ -197,7 +234,7 @@ def make_test_loader(cfg: CfgNode, records: Sequence[ImageRecord], flip: bool = 
     """Feature-extraction loader over ``records`` in their order.
 
     Args:
-        cfg: the configuration (DATA.SIZE_TEST, TEST_BATCH_SIZE, NUM_WORKERS, CACHE).
+        cfg: the configuration (DATA.SIZE_TEST, RESIZE, TEST_BATCH_SIZE, NUM_WORKERS, CACHE).
         records: images to load.
         flip: mirror every image (test-time augmentation).
         split: name of the record list in the decoded cache's file name.
@@ -209,7 +246,7 @@ def make_test_loader(cfg: CfgNode, records: Sequence[ImageRecord], flip: bool = 
     size = tuple(cfg.DATA.SIZE_TEST)
     store = _store(cfg, records, size, split, verbose)
     transform = EvalTransform(cfg, flip)
-    images = EvalImageSet(records, size, transform, store)
+    images = EvalImageSet(records, size, transform, store, cfg.DATA.RESIZE)
     device = None if device is None else torch.device(device)
     return VIReIDLoader(images, _Finish(transform, device),
                         batch_size=cfg.DATA.TEST_BATCH_SIZE, shuffle=False,

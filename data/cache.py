@@ -1,11 +1,13 @@
 """Decoded-image cache: every image decoded and resized once into a memory-mapped store.
 
 A store is one ``.npy`` file holding an (N, H, W, 3) uint8 array, row i being
-``load_image(paths[i], (H, W))``. Its file name carries the dataset, the split,
-the size, a hash of the path list and a hash of every file's size and
-modification time, so a changed, added or removed source file selects a new
-store and the outdated one is deleted. Stores are written to a temporary file
-and renamed, so an interrupted build never leaves a partial store behind.
+``load_image(paths[i], (H, W), resize)``. Its file name carries the dataset,
+the split, the size, the resize filter (left out for the default, bilinear), a
+hash of the path list and a hash of every file's size and modification time, so
+a changed, added or removed source file selects a new store and the outdated
+one is deleted, and a store is never read for the other filter. Stores are
+written to a temporary file and renamed, so an interrupted build never leaves a
+partial store behind.
 """
 from __future__ import annotations
 
@@ -76,13 +78,13 @@ def _valid(path: Path, shape: tuple[int, ...]) -> bool:
     return arr.shape == shape and arr.dtype == np.uint8
 
 
-def _decode_into(path: str, paths: Sequence[str], size: tuple[int, int],
+def _decode_into(path: str, paths: Sequence[str], size: tuple[int, int], resize: str,
                  shape: tuple[int, ...], threads: int) -> None:
     """Decode ``paths`` into a new .npy memory map at ``path``, in ``threads`` threads."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
 
     def fill(i: int) -> None:
-        out[i] = load_image(paths[i], size)
+        out[i] = load_image(paths[i], size, resize)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(fill, range(len(paths))))  # re-raises the first decoding error
@@ -91,7 +93,7 @@ def _decode_into(path: str, paths: Sequence[str], size: tuple[int, int],
 
 def open_store(paths: Sequence[str], size: tuple[int, int], folder: str | os.PathLike,
                dataset: str, split: str, threads: int = 0,
-               verbose: bool = True) -> DecodedStore:
+               verbose: bool = True, resize: str = "bilinear") -> DecodedStore:
     """Return the store of ``paths`` at ``size``, building it first if needed.
 
     Args:
@@ -101,6 +103,7 @@ def open_store(paths: Sequence[str], size: tuple[int, int], folder: str | os.Pat
         dataset, split: names used in the store's file name.
         threads: decoding threads for the build (0 = one per available core).
         verbose: print a line when a store is built.
+        resize: resize filter (``data.transforms.RESIZE_FILTERS``).
 
     Raises:
         UserError: empty list, a missing or undecodable image, or not enough disk space.
@@ -109,7 +112,9 @@ def open_store(paths: Sequence[str], size: tuple[int, int], folder: str | os.Pat
         raise UserError(f"decoded cache: the {dataset} {split} split has no images")
     h, w = size
     names, stats = fingerprint(paths)
-    prefix = f"{dataset}-{split}-{h}x{w}-{names}-"
+    # Bilinear stores keep the plain name, so they stay valid for the default filter.
+    method = "" if resize == "bilinear" else f"-{resize}"
+    prefix = f"{dataset}-{split}-{h}x{w}{method}-{names}-"
     folder = Path(folder)
     target = folder / f"{prefix}{stats}.npy"
     shape = (len(paths), h, w, 3)
@@ -124,12 +129,13 @@ def open_store(paths: Sequence[str], size: tuple[int, int], folder: str | os.Pat
         raise UserError(f"DATA.CACHE_DIR {folder}: the decoded {dataset} {split} images need "
                         f"{need / 2**30:.2f} GiB, only {free / 2**30:.2f} GiB free")
     if verbose:
-        print(f"decoding {len(paths)} {dataset} {split} images at {h}x{w} into {target}")
+        print(f"decoding {len(paths)} {dataset} {split} images at {h}x{w} ({resize}) "
+              f"into {target}")
     start = time.time()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        _decode_into(tmp, paths, size, shape, threads or len(os.sched_getaffinity(0)))
+        _decode_into(tmp, paths, size, resize, shape, threads or len(os.sched_getaffinity(0)))
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the store is shared by later runs
         os.replace(tmp, target)
     finally:

@@ -8,10 +8,11 @@ and a resumed run all produce the same tensors.
 
 Each transform works in two halves. ``sample`` runs in the loader's workers:
 the uint8 operations (crop, flip, grayscale) and the draw of the parameters of
-the float operations. ``finish`` runs once per batch, where the batch arrives
-(in the main process, or on the GPU): normalisation, random erasing and
-channel augmentation. Workers thus pass uint8 images, a quarter of the bytes
-of float ones; ``__call__`` chains both halves for one image.
+the float operations (the erasing box and the channel choice). ``finish`` runs
+once per batch, where the batch arrives (in the main process, or on the GPU):
+normalisation, random erasing and channel augmentation. Workers thus pass
+uint8 images, a quarter of the bytes of float ones; ``__call__`` chains both
+halves for one image.
 """
 from __future__ import annotations
 
@@ -24,17 +25,58 @@ from yacs.config import CfgNode
 
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
+from utils.registry import Registry
 
 # CAJ's gray channel on the normalised tensor.
 _GRAY = (0.2989, 0.5870, 0.1140)
 
+# Parts of a training batch: the sampled image, or the extra visible copy (DATA.VISIBLE_COPY).
+PART_PLAIN, PART_COPY = 0, 1
 
-def load_image(path: str, size: tuple[int, int]) -> np.ndarray:
+# PIL filters of DATA.RESIZE (LANCZOS is the former ANTIALIAS).
+RESIZE_FILTERS: Registry = Registry("DATA.RESIZE", "resize filter")
+RESIZE_FILTERS.update({"bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS})
+
+# Channel choices passed from ``sample`` to ``finish``: R, G, B copied to all channels, gray.
+NO_CHANNEL, GRAY = -1, 3
+
+
+def _channel_none(rng: np.random.Generator, prob: float) -> int:
+    return NO_CHANNEL
+
+
+def _channel_random(rng: np.random.Generator, prob: float) -> int:
+    """With probability ``prob`` one of R, G, B or gray, uniformly."""
+    return int(rng.integers(0, 4)) if rng.random() < prob else NO_CHANNEL
+
+
+def _channel_exchange(rng: np.random.Generator, prob: float) -> int:
+    """CAJ's ChannelExchange(gray=2): always one of R, G, B, 1/3 each (its gray is unreachable)."""
+    return int(rng.integers(0, 3))
+
+
+def _channel_adaptive_gray(rng: np.random.Generator, prob: float) -> int:
+    """CAJ's ChannelAdapGray(0.5): R, G, B 1/4 each; the last quarter split gray / unchanged."""
+    choice = int(rng.integers(0, 4))
+    if choice == GRAY and rng.random() < 0.5:
+        return NO_CHANNEL
+    return choice
+
+
+# DATA.CHANNEL_AUG_{VISIBLE,COPY,INFRARED} -> draw of the channel choice; only ``random``
+# uses DATA.CHANNEL_AUG_PROB. Module-level functions keep the transform picklable.
+CHANNEL_RULES: Registry = Registry("DATA.CHANNEL_AUG_*", "channel rule")
+CHANNEL_RULES.update({"none": _channel_none, "random": _channel_random,
+                      "exchange": _channel_exchange, "adaptive_gray": _channel_adaptive_gray})
+
+
+def load_image(path: str, size: tuple[int, int], resize: str = "bilinear") -> np.ndarray:
     """Decode ``path`` as RGB (single-channel images replicated) and resize.
 
     Args:
         path: image file.
         size: (height, width).
+        resize: filter name, a key of ``RESIZE_FILTERS``.
 
     Returns:
         (H, W, 3) uint8 array.
@@ -47,7 +89,7 @@ def load_image(path: str, size: tuple[int, int]) -> np.ndarray:
         with Image.open(path) as im:
             im = im.convert("RGB")
             if im.size != (w, h):
-                im = im.resize((w, h), Image.BILINEAR)
+                im = im.resize((w, h), RESIZE_FILTERS[resize])
             return np.asarray(im)
     except FileNotFoundError:
         raise UserError(f"image {path} not found") from None
@@ -105,13 +147,13 @@ class EvalTransform:
 
 class TrainTransform:
     """Training augmentations, in order: pad + random crop, horizontal flip, random
-    grayscale (probability per modality), normalisation, random erasing, CAJ
-    channel augmentation.
+    grayscale (probability per modality), normalisation, random erasing, channel
+    augmentation.
 
-    Channel augmentation (CAJ's ChannelAdapGray) picks one of R, G, B or the
-    gray value of the normalised tensor and copies it to all three channels, for
-    visible and infrared images alike. Random erasing fills the box with 0 in
-    normalised space, i.e. with the dataset mean colour.
+    Random erasing fills its box with RE_FILL in normalised space (0 = the
+    dataset mean colour). Channel augmentation copies one of R, G, B or the gray
+    value of the normalised tensor to all three channels, by the rule
+    (``CHANNEL_RULES``) of the image's part: visible, visible copy or infrared.
     """
 
     def __init__(self, cfg: CfgNode) -> None:
@@ -127,7 +169,15 @@ class TrainTransform:
         if not 0 < d.RE_MIN_RATIO <= 1:
             raise UserError(f"DATA.RE_MIN_RATIO = {d.RE_MIN_RATIO} must be in (0, 1]")
         self.re_area = tuple(d.RE_AREA)
-        self.re_log_ratio = (math.log(d.RE_MIN_RATIO), -math.log(d.RE_MIN_RATIO))
+        self.re_uniform = d.RE_ASPECT == "uniform"
+        r = d.RE_MIN_RATIO
+        self.re_ratio = (r, 1 / r) if self.re_uniform else (math.log(r), -math.log(r))
+        self.re_tries = d.RE_TRIES
+        self.re_fill = torch.tensor(d.RE_FILL, dtype=torch.float32).view(3, 1, 1)
+        names = {(VISIBLE, PART_PLAIN): d.CHANNEL_AUG_VISIBLE,
+                 (VISIBLE, PART_COPY): d.CHANNEL_AUG_COPY,
+                 (INFRARED, PART_PLAIN): d.CHANNEL_AUG_INFRARED}
+        self.channel_rules = {part: CHANNEL_RULES[name] for part, name in names.items()}
         self.normalize = Normalize(cfg)
 
     def pad_crop(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -154,24 +204,34 @@ class TrainTransform:
         return np.asarray(gray)
 
     def erase_box(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        """(y, x, height, width) of a box of area RE_AREA and aspect in
-        [RE_MIN_RATIO, 1/RE_MIN_RATIO]; height 0 when 10 tries found none that fits."""
-        for _ in range(10):
+        """(y, x, height, width) of a box of area RE_AREA and aspect (height / width) in
+        [RE_MIN_RATIO, 1/RE_MIN_RATIO]; height 0 when RE_TRIES tries found none that fits.
+
+        ``log`` aspects need a box of at least one pixel each way; ``uniform``
+        ones follow CAJ / DEEN, where a box that rounds to zero rows or columns
+        is accepted and erases nothing.
+        """
+        least = 0 if self.re_uniform else 1
+        for _ in range(self.re_tries):
             area = h * w * rng.uniform(*self.re_area)
-            ratio = math.exp(rng.uniform(*self.re_log_ratio))
+            ratio = rng.uniform(*self.re_ratio)
+            if not self.re_uniform:
+                ratio = math.exp(ratio)
             eh, ew = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
-            if 0 < eh < h and 0 < ew < w:
+            if least <= eh < h and least <= ew < w:
                 return int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1)), eh, ew
         return 0, 0, 0, 0
 
-    def sample(self, img: np.ndarray, modality: int, rng: np.random.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, img: np.ndarray, modality: int, rng: np.random.Generator,
+               part: int = PART_PLAIN) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 half, run by the workers.
 
         Args:
             img: (H, W, 3) uint8, already resized to SIZE_TRAIN.
             modality: VISIBLE or INFRARED.
             rng: the sample's random generator (the only source of randomness).
+            part: PART_PLAIN, or PART_COPY for the extra copy of a visible image;
+                selects the channel rule.
 
         Returns:
             (3, H, W) uint8 tensor and the (5,) long parameters of ``finish``: the
@@ -180,6 +240,9 @@ class TrainTransform:
         """
         if img.shape[:2] != self.size:
             raise ValueError(f"expected a {self.size} image, got {img.shape[:2]}")
+        rule = self.channel_rules.get((modality, part))
+        if rule is None:
+            raise ValueError(f"no channel rule for modality {modality}, part {part}")
         img = self.pad_crop(img, rng)
         if rng.random() < self.flip_prob:
             img = img[:, ::-1]
@@ -188,7 +251,7 @@ class TrainTransform:
         box = (0, 0, 0, 0)
         if rng.random() < self.re_prob:
             box = self.erase_box(*self.size, rng)
-        channel = int(rng.integers(0, 4)) if rng.random() < self.channel_prob else -1
+        channel = rule(rng, self.channel_prob)
         return to_chw(img), torch.tensor([*box, channel], dtype=torch.long)
 
     def finish(self, imgs: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -202,20 +265,21 @@ class TrainTransform:
             (B, 3, H, W) float32 on the device of ``imgs``.
         """
         t = self.normalize(imgs)
+        fill = self.re_fill.to(t.device)
         for i, (y, x, h, w, choice) in enumerate(params.tolist()):
             if h:
-                t[i, :, y:y + h, x:x + w] = 0
-            if choice < 0:
+                t[i, :, y:y + h, x:x + w] = fill
+            if choice == NO_CHANNEL:
                 continue
-            if choice < 3:
+            if choice < GRAY:
                 src = t[i, choice].clone()
             else:
                 src = _GRAY[0] * t[i, 0] + _GRAY[1] * t[i, 1] + _GRAY[2] * t[i, 2]
             t[i] = src
         return t
 
-    def __call__(self, img: np.ndarray, modality: int, rng: np.random.Generator
-                 ) -> torch.Tensor:
+    def __call__(self, img: np.ndarray, modality: int, rng: np.random.Generator,
+                 part: int = PART_PLAIN) -> torch.Tensor:
         """Augment one image: (H, W, 3) uint8 -> (3, H, W) float32 (see ``sample``)."""
-        chw, params = self.sample(img, modality, rng)
+        chw, params = self.sample(img, modality, rng, part)
         return self.finish(chw[None], params[None])[0]

@@ -44,7 +44,8 @@ def test_cached_and_decoded_training_batches_are_identical(sysu_root: Path,
     cached = epoch_batches(make_cfg(sysu_root, tmp_path, True))
     assert len(plain) == len(cached) > 3
     for a, b in zip(plain, cached):
-        assert a.keys() == {"img", "pid", "cam", "modality", "index"}
+        assert a.keys() == {"img", "pid", "cam", "modality", "index", "part"}
+        assert not a["part"].any()  # no visible copies by default
         assert a["img"].shape == (8, 3, 48, 24) and a["img"].dtype == torch.float32
         for key in a:
             assert torch.equal(a[key], b[key]), key
@@ -145,3 +146,24 @@ def test_worker_error_keeps_its_one_line_message(regdb_root: Path, tmp_path: Pat
         list(make_test_loader(cfg, vis))
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith(f"image {vis[0].path} does not decode")
+
+
+def test_store_is_keyed_on_the_resize_filter(regdb_root: Path, tmp_path: Path) -> None:
+    paths = sorted(str(p) for p in (regdb_root / "Visible").rglob("*.bmp"))[:4]
+    bilinear = open_store(paths, (40, 20), tmp_path, "regdb", "train", verbose=False)
+    lanczos = open_store(paths, (40, 20), tmp_path, "regdb", "train", verbose=False,
+                         resize="lanczos")
+    assert lanczos.path != bilinear.path and os.path.exists(bilinear.path)
+    assert os.path.basename(bilinear.path).startswith("regdb-train-40x20-")
+    assert "lanczos" not in bilinear.path
+    assert os.path.basename(lanczos.path).startswith("regdb-train-40x20-lanczos-")
+    for i in range(4):
+        assert np.array_equal(bilinear[i], load_image(paths[i], (40, 20)))
+        assert np.array_equal(lanczos[i], load_image(paths[i], (40, 20), "lanczos"))
+    assert not np.array_equal(bilinear[0], lanczos[0])
+    # Each filter finds its own store again and leaves the other in place.
+    assert open_store(paths, (40, 20), tmp_path, "regdb", "train", verbose=False).path == \
+        bilinear.path
+    assert open_store(paths, (40, 20), tmp_path, "regdb", "train", verbose=False,
+                      resize="lanczos").path == lanczos.path
+    assert len(list(tmp_path.glob("*.npy"))) == 2

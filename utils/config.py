@@ -30,6 +30,7 @@ _PATH_SUFFIXES = ("_PATH", "ROOT", "_DIR")
 # Keys restricted to a fixed set of values (compared case-insensitively). Keys
 # that name a registered entry (a dataset, backbone, ...) are in REGISTRY_KEYS.
 CHOICES: dict[str, tuple[str, ...]] = {
+    "DATA.RE_ASPECT": ("log", "uniform"),
     "MODEL.POOLING": ("avg", "gem"),
     "LOSS.TRIPLET_DISTANCE": ("euclidean", "cosine"),
     "LOSS.TRIPLET_MINING": ("all", "cross"),
@@ -49,6 +50,10 @@ REGISTRY_KEYS: dict[str, tuple[str, str]] = {
     "LOSS.TERMS": ("layers.criterion", "LOSS_TERMS"),
     "TRAIN.OPTIMIZER": ("solver.optimizer", "OPTIMIZERS"),
     "TRAIN.SCHEDULER": ("solver.scheduler", "SCHEDULERS"),
+    "DATA.RESIZE": ("data.transforms", "RESIZE_FILTERS"),
+    "DATA.CHANNEL_AUG_VISIBLE": ("data.transforms", "CHANNEL_RULES"),
+    "DATA.CHANNEL_AUG_COPY": ("data.transforms", "CHANNEL_RULES"),
+    "DATA.CHANNEL_AUG_INFRARED": ("data.transforms", "CHANNEL_RULES"),
 }
 
 # Inclusive numeric ranges (None = unbounded on that side).
@@ -58,6 +63,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "DATA.FLIP_PROB": (0, 1),
     "DATA.PADDING": (0, None),
     "DATA.RE_PROB": (0, 1),
+    "DATA.RE_TRIES": (1, None),
     "DATA.GRAY_PROB_VISIBLE": (0, 1),
     "DATA.GRAY_PROB_INFRARED": (0, 1),
     "DATA.CHANNEL_AUG_PROB": (0, 1),
@@ -212,7 +218,7 @@ def _check(cfg: CfgNode, where: str) -> None:
         names = tuple(v.lower() for v in value) if isinstance(value, tuple) else value.lower()
         entries = registry(full_key)
         for name in (names if isinstance(names, tuple) else (names,)):
-            entries.check(name, where)
+            entries.check(name, where, full_key)
         cfg[section][key] = names
     for full_key, (lo, hi) in RANGES.items():
         section, key = full_key.split(".")
@@ -230,6 +236,9 @@ def _check(cfg: CfgNode, where: str) -> None:
         raise UserError(
             f"{where}: MODEL.NON_LOCAL_BLOCKS must be 4 non-negative counts (layer1..layer4)"
         )
+    if len(cfg.DATA.RE_FILL) != 3:
+        raise UserError(f"{where}: DATA.RE_FILL must be 3 numbers: the R, G, B fill in "
+                        f"normalised space")
     for name in ("SIZE_TRAIN", "SIZE_TEST"):
         size = cfg.DATA[name]
         if len(size) != 2 or min(size) < 1:

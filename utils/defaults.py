@@ -25,6 +25,8 @@ DEFAULTS.DATA.VAL_IDS = 0
 DEFAULTS.DATA.SIZE_TRAIN = (384, 128)
 # Test image size (height, width).
 DEFAULTS.DATA.SIZE_TEST = (384, 128)
+# Resize filter of training and test images: bilinear or lanczos (PIL's LANCZOS, formerly ANTIALIAS, which AGW, CAJ and DEEN pre-resize with); the decoded cache keeps a store per filter.
+DEFAULTS.DATA.RESIZE = "bilinear"
 # Probability of a horizontal flip in training.
 DEFAULTS.DATA.FLIP_PROB = 0.5
 # Pixels of zero padding before the random crop back to SIZE_TRAIN; 0 = no pad-and-crop.
@@ -35,12 +37,24 @@ DEFAULTS.DATA.RE_PROB = 0.5
 DEFAULTS.DATA.RE_AREA = (0.02, 0.4)
 # Random erasing: smallest aspect ratio of the erased box (the largest is its inverse).
 DEFAULTS.DATA.RE_MIN_RATIO = 0.3
+# Random erasing: aspect draw, log (log-uniform in [RE_MIN_RATIO, 1/RE_MIN_RATIO], boxes of at least 1 pixel each way) or uniform (CAJ/DEEN's rule: uniform in that range, a box is accepted when h < H and w < W, so one rounding to 0 pixels is accepted and erases nothing; only the random number stream differs from theirs).
+DEFAULTS.DATA.RE_ASPECT = "log"
+# Random erasing: tries at drawing a box that fits before giving up on the image (CAJ/DEEN: 100).
+DEFAULTS.DATA.RE_TRIES = 10
+# Random erasing: fill of the box per channel (R, G, B) in normalised space; 0 = the dataset mean colour (CAJ: 0.4914, 0.4822, 0.4465; DEEN: 0.485, 0.456, 0.406).
+DEFAULTS.DATA.RE_FILL = (0.0, 0.0, 0.0)
 # Probability of turning a visible training image to grayscale (3 equal channels).
 DEFAULTS.DATA.GRAY_PROB_VISIBLE = 0.0
 # Probability of turning an infrared training image to grayscale (3 equal channels).
 DEFAULTS.DATA.GRAY_PROB_INFRARED = 0.0
-# Probability of CAJ channel augmentation: visible = one random channel (or gray) copied to all three; infrared = one random channel or gray.
+# Probability of the channel rule random: one of R, G, B or gray (uniformly) copied to all three channels.
 DEFAULTS.DATA.CHANNEL_AUG_PROB = 0.0
+# Channel rule of visible images, on the normalised image after erasing: none, random (see CHANNEL_AUG_PROB), exchange (CAJ's ChannelExchange: R, G or B, 1/3 each, never gray) or adaptive_gray (CAJ's ChannelAdapGray: R, G, B 1/4 each, gray 1/8, unchanged 1/8).
+DEFAULTS.DATA.CHANNEL_AUG_VISIBLE = "random"
+# Channel rule of the visible copies (VISIBLE_COPY); choices as CHANNEL_AUG_VISIBLE.
+DEFAULTS.DATA.CHANNEL_AUG_COPY = "exchange"
+# Channel rule of infrared images; choices as CHANNEL_AUG_VISIBLE.
+DEFAULTS.DATA.CHANNEL_AUG_INFRARED = "random"
 # Per-channel normalisation mean (RGB order).
 DEFAULTS.DATA.NORMALIZATION_MEAN = (0.485, 0.456, 0.406)
 # Per-channel normalisation standard deviation (RGB order).
@@ -51,6 +65,8 @@ DEFAULTS.DATA.NUM_WORKERS = 4
 DEFAULTS.DATA.TRAIN_BATCH_SIZE = 64
 # K: images of each modality per identity in a training batch.
 DEFAULTS.DATA.SAMPLE_ID_INSTANCE = 4
+# CAJ's joint batch: each visible image of a step is loaded again as an independently augmented visible copy (rule CHANNEL_AUG_COPY, part 1 in the batch's part tensor); TRAIN_BATCH_SIZE keeps its meaning, so a step holds 1.5 x TRAIN_BATCH_SIZE images: visible, their copies in the same order, infrared.
+DEFAULTS.DATA.VISIBLE_COPY = False
 # Images per batch for feature extraction.
 DEFAULTS.DATA.TEST_BATCH_SIZE = 128
 # Decode and resize every image once into a memory-mapped uint8 store, reused by later epochs and runs.

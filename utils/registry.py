@@ -36,16 +36,17 @@ class Registry(dict[str, T]):
             return entry
         return add
 
-    def unknown(self, name: str, where: str = "") -> str:
+    def unknown(self, name: str, where: str = "", key: str = "") -> str:
         """The one-line message for a name that is not registered."""
         prefix = f"{where}: " if where else ""
-        return (f"{prefix}{self.key} = {name!r} is not a known {self.what}; "
+        return (f"{prefix}{key or self.key} = {name!r} is not a known {self.what}; "
                 f"valid names: {', '.join(self)}")
 
-    def check(self, name: str, where: str = "") -> None:
-        """Raise UserError unless ``name`` is registered."""
+    def check(self, name: str, where: str = "", key: str = "") -> None:
+        """Raise UserError unless ``name`` is registered (``key``: the config key naming it,
+        when several keys share the registry)."""
         if name not in self:
-            raise UserError(self.unknown(name, where))
+            raise UserError(self.unknown(name, where, key))
 
     def __missing__(self, name: str) -> T:
         raise UserError(self.unknown(name))
