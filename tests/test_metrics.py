@@ -10,7 +10,7 @@ from data.llcm import LLCM
 from data.regdb import RegDB
 from data.sysu import SYSUMM01
 from utils.errors import UserError
-from utils.metrics import evaluate_ranking
+from utils.metrics import FeatureDistances, RankingRule, evaluate_ranking, feature_distance
 from utils.rerank import k_reciprocal_rerank
 
 SYSU_LABEL = {1: 1, 2: 2, 3: 2, 4: 4, 5: 5, 6: 6}
@@ -220,3 +220,50 @@ def test_rerank_matches_reference(ties):
                                   torch.from_numpy(sq(g, g)), k1, k2, lam, chunk_rows=4)
         assert got.shape == (9, 23)
         np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric,normalize", [("euclidean", True), ("euclidean", False),
+                                              ("cosine", False), ("dot", True), ("dot", False)])
+def test_distances_from_features_chunk_by_chunk(metric, normalize):
+    """The ranking computed from features a few rows at a time equals the one of the whole
+    matrix, and every distance matches its definition."""
+    gen = torch.Generator().manual_seed(3)
+    q, g = torch.randn(37, 16, generator=gen), torch.randn(53, 16, generator=gen)
+    rng = np.random.default_rng(3)
+    q_pids, g_pids = rng.integers(0, 9, 37), rng.integers(0, 9, 53)
+    q_cams, g_cams = rng.choice([3, 6], 37), rng.choice([1, 2, 4, 5], 53)
+    lazy = FeatureDistances(q, g, metric, normalize)
+    whole = feature_distance(q, g, metric, normalize)
+    qd, gd = q.double(), g.double()
+    if normalize or metric == "cosine":
+        qd, gd = torch.nn.functional.normalize(qd, dim=1), torch.nn.functional.normalize(gd, dim=1)
+    expected = {"euclidean": torch.cdist(qd, gd) ** 2, "cosine": 1 - qd @ gd.T,
+                "dot": -(qd @ gd.T)}[metric]
+    torch.testing.assert_close(whole.double(), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lazy[5:9], whole[5:9])
+    for rule in RULES.values():
+        chunked = evaluate_ranking(lazy, q_pids, g_pids, q_cams, g_cams, rule, 10,
+                                   chunk_elements=3 * 53)
+        dense = evaluate_ranking(whole, q_pids, g_pids, q_cams, g_cams, rule, 10)
+        np.testing.assert_allclose(chunked[0], dense[0])
+        assert chunked[1:] == pytest.approx(dense[1:], abs=1e-12)
+
+
+def test_a_new_protocol_rule_needs_no_dataset_name():
+    """A made-up rule: drop the query's own camera group for cameras 7 and 8 together."""
+    rule = RankingRule("two-rooms", skip="camera", camera_groups=((8, 7),), dedup_cmc=False)
+    dist = np.array([[0.1, 0.2, 0.3]])
+    cmc, m_ap, _ = evaluate_ranking(dist, [1], [1, 2, 1], [8], [7, 9, 9], rule, 3)
+    np.testing.assert_allclose(cmc, [0, 1, 1])  # cam 7 is in cam 8's room: dropped
+    assert m_ap == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="skip"):
+        RankingRule("bad", skip="room")
+
+
+def test_rerank_states_its_size_limit():
+    from utils.rerank import MAX_RERANK_IMAGES, check_rerank_size
+
+    check_rerank_size(3803, 3010)
+    with pytest.raises(UserError, match=rf"exceeds the re-ranking limit of {MAX_RERANK_IMAGES}"
+                                        r" images .*TEST.RERANK no"):
+        check_rerank_size(20_000, 20_000)
