@@ -9,6 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode
 
+from layers.deen_losses import (
+    adaptive_triplet_adp,
+    center_guided_pair_mining,
+    orthogonality_loss,
+    weighted_regularized_triplet_published,
+)
 from layers.metric import (
     CenterLoss,
     batch_distance,
@@ -19,7 +25,7 @@ from layers.metric import (
 from utils.constants import INFRARED, VISIBLE
 from utils.registry import Registry
 
-Outputs = dict[str, torch.Tensor]
+Outputs = dict[str, torch.Tensor | int]
 
 # Terms that need the modality-specific ID heads (the model builds them when any is used).
 HEAD_TERMS = ("modality_id", "kl")
@@ -57,16 +63,69 @@ class TripletTerm(nn.Module):
 
 
 class WRTTerm(nn.Module):
-    """AGW's weighted regularized triplet on ``outputs[feat_key]``."""
+    """AGW's weighted regularized triplet on ``outputs[feat_key]``: ``exact`` soft weights
+    or AGW's ``published`` ones (LOSS.WRT_FORM)."""
 
-    def __init__(self, distance: str, mining: str, feat_key: str) -> None:
+    def __init__(self, distance: str, mining: str, feat_key: str, form: str) -> None:
         super().__init__()
         self.distance, self.mining, self.feat_key = distance, mining, feat_key
+        self.loss = (weighted_regularized_triplet if form == "exact"
+                     else weighted_regularized_triplet_published)
 
     def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         dist = batch_distance(outputs[self.feat_key], self.distance)
         pos, neg = mining_masks(pid, modality, self.mining)
-        return weighted_regularized_triplet(dist, pos, neg)
+        return self.loss(dist, pos, neg)
+
+
+class ADPTerm(nn.Module):
+    """CAJ's adaptive triplet (ADP) on ``outputs[feat_key]``."""
+
+    def __init__(self, distance: str, mining: str, feat_key: str, alpha: float, gamma: float,
+                 square: bool) -> None:
+        super().__init__()
+        self.distance, self.mining, self.feat_key = distance, mining, feat_key
+        self.alpha, self.gamma, self.square = alpha, gamma, square
+
+    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        dist = batch_distance(outputs[self.feat_key], self.distance)
+        pos, neg = mining_masks(pid, modality, self.mining)
+        return adaptive_triplet_adp(dist, pos, neg, self.alpha, self.gamma, self.square)
+
+
+def _views(outputs: Outputs, term: str) -> list[torch.Tensor]:
+    """The pooled features of each embedding view: [original, branch 1, ...], (B, D) each."""
+    views = int(outputs.get("views", 1))
+    if views < 2:
+        raise ValueError(f"loss term {term!r} needs expanded embeddings: set "
+                         "MODEL.DEE_BRANCHES")
+    return list(outputs["feat"].float().chunk(views))
+
+
+class CPMTerm(nn.Module):
+    """DEEN's centre-guided pair mining: every expanded view against the originals, summed."""
+
+    def __init__(self, margin: float, detach_own: bool) -> None:
+        super().__init__()
+        self.margin, self.detach_own = margin, detach_own
+
+    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        original, *expanded = _views(outputs, "cpm")
+        b = original.shape[0]
+        return torch.stack([center_guided_pair_mining(original, e, pid[:b], modality[:b],
+                                                      self.margin, self.detach_own)
+                            for e in expanded]).sum()
+
+
+class OrthogonalityTerm(nn.Module):
+    """DEEN's orthogonality of the expanded views' pooled features, over every pair of them."""
+
+    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        _, *expanded = _views(outputs, "orth")
+        views = len(expanded) + 1
+        pairs = [orthogonality_loss(a, b, views) for i, a in enumerate(expanded)
+                 for b in expanded[i + 1:]]
+        return torch.stack(pairs).sum() if pairs else outputs["feat"].sum() * 0.0
 
 
 class CenterTerm(nn.Module):
@@ -134,7 +193,22 @@ def _triplet(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
 
 
 def _wrt(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
-    return WRTTerm(cfg.LOSS.TRIPLET_DISTANCE, cfg.LOSS.TRIPLET_MINING, _feat_key(cfg))
+    return WRTTerm(cfg.LOSS.TRIPLET_DISTANCE, cfg.LOSS.TRIPLET_MINING, _feat_key(cfg),
+                   cfg.LOSS.WRT_FORM)
+
+
+def _adp(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    loss = cfg.LOSS
+    return ADPTerm(loss.TRIPLET_DISTANCE, loss.TRIPLET_MINING, _feat_key(cfg), loss.ADP_ALPHA,
+                   loss.ADP_GAMMA, loss.ADP_SQUARE)
+
+
+def _cpm(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    return CPMTerm(cfg.LOSS.CPM_MARGIN, cfg.LOSS.CPM_DETACH)
+
+
+def _orth(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    return OrthogonalityTerm()
 
 
 def _center(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
@@ -179,6 +253,9 @@ LOSS_TERMS.update({
     "modality_id": LossSpec("loss_modality_id", _modality_id,
                             lambda cfg: cfg.LOSS.MODALITY_ID_WEIGHT),
     "kl": LossSpec("loss_kl", _kl, lambda cfg: cfg.LOSS.KL_WEIGHT),
+    "adp": LossSpec("loss_adp", _adp, lambda cfg: cfg.LOSS.ADP_WEIGHT),
+    "cpm": LossSpec("loss_cpm", _cpm, lambda cfg: cfg.LOSS.CPM_WEIGHT),
+    "orth": LossSpec("loss_orth", _orth, lambda cfg: cfg.LOSS.ORTH_WEIGHT),
 })
 
 
@@ -186,10 +263,11 @@ class Criterion(nn.Module):
     """Weighted sum of named terms; the terms are also returned so each can be logged.
 
     Call ``criterion(outputs, pid, modality)`` with the model's training outputs
-    (``feat``, ``bn_feat``, ``logits`` (B, C) and, for the head terms,
-    ``head_logits`` (2, B, C)), pid (B,) and modality (B,). Returns
-    ``(total, {'loss_id': ..., 'loss_tri': ..., ...})``: the float32 sum and the
-    weighted scalar terms.
+    (``feat``, ``bn_feat``, ``logits`` (V*B, C), ``views`` V and, for the head
+    terms, ``head_logits`` (2, V*B, C)), pid (B,) and modality (B,). The labels
+    are tiled over the V embedding views, so every term sees one label per row.
+    Returns ``(total, {'loss_id': ..., 'loss_tri': ..., ...})``: the float32 sum
+    and the weighted scalar terms.
     """
 
     def __init__(self, terms: dict[str, tuple[nn.Module, float]]) -> None:
@@ -199,6 +277,9 @@ class Criterion(nn.Module):
 
     def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        views = int(outputs.get("views", 1))
+        if views > 1:
+            pid, modality = pid.repeat(views), modality.repeat(views)
         terms = {key: self.weights[key] * term(outputs, pid, modality)
                  for key, term in self.terms.items()}
         return torch.stack([t.float() for t in terms.values()]).sum(), terms

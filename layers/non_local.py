@@ -13,12 +13,13 @@ class NonLocalBlock(nn.Module):
 
     Args:
         channels: input and output channels C.
-        reduction: inner width = C // reduction (at least 1).
+        reduction: inner width = C // reduction (at least 1), unless ``inner`` is given.
+        inner: the inner width itself (AGW's published blocks: 1).
     """
 
-    def __init__(self, channels: int, reduction: int = 2) -> None:
+    def __init__(self, channels: int, reduction: int = 2, inner: int = 0) -> None:
         super().__init__()
-        inner = max(1, channels // reduction)
+        inner = inner or max(1, channels // reduction)
         self.inner = inner
         self.theta = nn.Conv2d(channels, inner, kernel_size=1)
         self.phi = nn.Conv2d(channels, inner, kernel_size=1)

@@ -6,10 +6,10 @@ from yacs.config import CfgNode
 from layers.criterion import HEAD_TERMS
 from layers.pooling import GeneralizedMeanPooling, GlobalAvgPooling
 from modeling.backbone import BACKBONES, STAGES, Backbone
-from modeling.model import VIReIDNet
-from modeling.stages import build_stages
+from modeling.model import EvalFeature, VIReIDNet
+from modeling.stages import build_stages, feature_width
 
-__all__ = ["BACKBONES", "STAGES", "Backbone", "VIReIDNet", "build_model"]
+__all__ = ["BACKBONES", "STAGES", "Backbone", "EvalFeature", "VIReIDNet", "build_model"]
 
 
 def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
@@ -31,7 +31,8 @@ def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
     else:
         pool = GlobalAvgPooling()
     with_heads = any(term in cfg.LOSS.TERMS for term in HEAD_TERMS)
-    return VIReIDNet(stages, cfg.MODEL.SHARED_FROM, backbone.channels[-1], num_classes, pool,
-                     fc_bias=cfg.MODEL.FC_BIAS,
+    return VIReIDNet(stages, cfg.MODEL.SHARED_FROM, feature_width(cfg, backbone), num_classes,
+                     pool, fc_bias=cfg.MODEL.FC_BIAS,
                      head_dim=cfg.MODEL.HEAD_DIM if with_heads else None,
-                     test_feat=cfg.TEST.FEAT)
+                     test_feat=EvalFeature(cfg.TEST.FEAT, cfg.TEST.VIEWS, cfg.TEST.NORM_EACH),
+                     views=1 + cfg.MODEL.DEE_BRANCHES, neck_init_std=cfg.MODEL.NECK_INIT_STD)

@@ -39,11 +39,13 @@ class Backbone:
         layers: the four later stages, each an ``nn.Sequential`` of blocks (non-local
             blocks are inserted after its last blocks).
         channels: output channels of stem, layer1..layer4.
+        strides: how much each of them shrinks its input's height and width.
     """
 
     stem: nn.Module
     layers: list[nn.Sequential]
     channels: tuple[int, int, int, int, int]
+    strides: tuple[int, int, int, int, int]
 
 
 # MODEL.NAME -> builder(cfg) -> Backbone (weights of MODEL.PRETRAIN_PATH loaded).
@@ -159,7 +161,8 @@ def _resnet(cfg: CfgNode, factory: Callable[..., torchvision.models.ResNet]) -> 
     layers = [net.layer1, net.layer2, net.layer3, net.layer4]
     expansion = type(net.layer1[0]).expansion
     return Backbone(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool), layers,
-                    (64, *(64 * 2 ** i * expansion for i in range(4))))
+                    (64, *(64 * 2 ** i * expansion for i in range(4))),
+                    (4, 1, 2, 2, cfg.MODEL.LAST_STRIDE))
 
 
 def _convnext(cfg: CfgNode, factory: Callable[..., nn.Module]) -> Backbone:
@@ -177,7 +180,7 @@ def _convnext(cfg: CfgNode, factory: Callable[..., nn.Module]) -> Backbone:
     layers = [nn.Sequential(*f[1]), nn.Sequential(*f[2], *f[3]), nn.Sequential(*f[4], *f[5]),
               nn.Sequential(*f[6], *f[7])]
     widths = [f[0][0].out_channels] + [layer[-1].block[0].in_channels for layer in layers]
-    return Backbone(f[0], layers, tuple(widths))
+    return Backbone(f[0], layers, tuple(widths), (4, 1, 2, 2, cfg.MODEL.LAST_STRIDE))
 
 
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d"):

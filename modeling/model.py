@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from layers.non_local import NonLocalBlock
 from modeling.backbone import STAGES
+from modeling.stages import INSERTED
 from utils.constants import INFRARED, VISIBLE
 
 
@@ -50,6 +52,21 @@ class ModalityHeads(nn.Module):
         return torch.stack([self.visible(x), self.infrared(x)])
 
 
+@dataclass(frozen=True)
+class EvalFeature:
+    """What the network returns in eval mode (TEST.FEAT, TEST.VIEWS, TEST.NORM_EACH).
+
+    Attributes:
+        kind: ``bn`` (post-BNNeck), ``pool`` (pre-BN) or ``pool+bn`` (both, concatenated).
+        views: ``all`` embeddings of an expanded network, concatenated, or the ``original``.
+        norm_each: L2-normalise every part before concatenating.
+    """
+
+    kind: str = "bn"
+    views: str = "all"
+    norm_each: bool = False
+
+
 class VIReIDNet(nn.Module):
     """Visible-infrared re-ID network.
 
@@ -67,12 +84,14 @@ class VIReIDNet(nn.Module):
         pool: (B, D, H, W) -> (B, D) pooling module.
         fc_bias: bias in the ID classifier.
         head_dim: hidden width of the modality heads; None = no heads.
-        test_feat: ``bn`` (post-BNNeck) or ``pool`` (pre-BN) feature in eval mode.
+        test_feat: the eval-mode feature.
+        views: embeddings per image (1 + the expansion's branches, when a stage expands).
+        neck_init_std: std of the BNNeck weight's normal init around 1 (0 = ones).
     """
 
     def __init__(self, stages: dict[str, nn.Module], shared_from: int, feat_dim: int,
                  num_classes: int, pool: nn.Module, fc_bias: bool, head_dim: int | None,
-                 test_feat: str) -> None:
+                 test_feat: EvalFeature, views: int = 1, neck_init_std: float = 0.0) -> None:
         super().__init__()
         names = list(STAGES)
         specific = OrderedDict((n, stages[n]) for n in names[:shared_from])
@@ -82,6 +101,8 @@ class VIReIDNet(nn.Module):
         self.pool = pool
         self.neck = nn.BatchNorm1d(feat_dim)
         self.neck.apply(init_kaiming)
+        if neck_init_std:  # AGW's and DEEN's kaiming init draws the BN weight around 1
+            nn.init.normal_(self.neck.weight, 1.0, neck_init_std)
         self.neck.bias.requires_grad_(False)  # BNNeck: no shift
         self.classifier = nn.Linear(feat_dim, num_classes, bias=fc_bias)
         # A biased classifier follows the source design's kaiming init.
@@ -91,6 +112,7 @@ class VIReIDNet(nn.Module):
         self.num_classes = num_classes
         self.shared_from = shared_from
         self.test_feat = test_feat
+        self.views = views
 
     def _specific(self, img: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """Run each image through its own modality's stages; keeps the batch order."""
@@ -113,54 +135,61 @@ class VIReIDNet(nn.Module):
         return x
 
     def forward(self, img: torch.Tensor,
-                modality: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
+                modality: torch.Tensor) -> dict[str, torch.Tensor | int] | torch.Tensor:
         """Args: img (B, 3, H, W); modality (B,) long, 0 visible / 1 infrared.
 
         Returns:
-            train mode: ``{'feat': (B, D) pooled, 'bn_feat': (B, D), 'logits': (B, C)}``
-            plus ``'head_logits': (2, B, C)`` when the modality heads exist.
-            eval mode: the (B, D) feature chosen by TEST.FEAT, not normalised.
+            train mode: ``{'feat': (V*B, D) pooled, 'bn_feat': (V*B, D), 'logits': (V*B, C),
+            'views': V}`` plus ``'head_logits': (2, V*B, C)`` when the modality heads
+            exist; V = 1 unless a stage expands the embeddings, whose rows are then
+            [original batch, branch 1, branch 2, ...].
+            eval mode: the (B, D') feature of :class:`EvalFeature`.
         """
         x = self._specific(img, modality) if self.visible is not None else img
         feat = self.pool(self.shared(x))
         bn_feat = self.neck(feat)
         if not self.training:
-            return bn_feat if self.test_feat == "bn" else feat
-        out = {"feat": feat, "bn_feat": bn_feat, "logits": self.classifier(bn_feat)}
+            return self._test_feature(feat, bn_feat)
+        out: dict[str, torch.Tensor | int] = {"feat": feat, "bn_feat": bn_feat,
+                                              "logits": self.classifier(bn_feat),
+                                              "views": self.views}
         if self.heads is not None:
             # The source design feeds its heads the BNNeck feature.
             out["head_logits"] = self.heads(bn_feat)
         return out
 
+    def _test_feature(self, feat: torch.Tensor, bn_feat: torch.Tensor) -> torch.Tensor:
+        """(V*B, D) pooled and BN features -> (B, D') per EvalFeature: the chosen kinds of
+        the chosen embeddings, each L2-normalised when ``norm_each``, concatenated."""
+        spec = self.test_feat
+        views = self.views if spec.views == "all" else 1
+        kinds = {"bn": (bn_feat,), "pool": (feat,), "pool+bn": (feat, bn_feat)}[spec.kind]
+        batch = feat.shape[0] // self.views
+        parts = [f[v * batch:(v + 1) * batch] for v in range(views) for f in kinds]
+        if spec.norm_each:
+            parts = [F.normalize(p, dim=1) for p in parts]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
     def named_parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Trainable parameters by learning-rate group, each parameter in exactly one.
 
-        ``backbone``: the ResNet layers (every stream's copy); ``new``: non-local
-        blocks, pooling, BNNeck, classifier; ``head``: the modality heads.
+        ``backbone``: the backbone's layers (every stream's copy); ``inserted``: the
+        modules inserted in its stages (non-local, MFA, expansion); ``new``: pooling,
+        BNNeck, classifier; ``head``: the modality heads.
         """
-        non_local = {id(p) for m in self.modules() if isinstance(m, NonLocalBlock)
-                     for p in m.parameters()}
-        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"backbone": [], "new": [], "head": []}
+        inserted = {id(p) for m in self.modules() if isinstance(m, INSERTED)
+                    for p in m.parameters()}
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {
+            "backbone": [], "inserted": [], "new": [], "head": []}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
             if name.startswith("heads."):
                 groups["head"].append((name, param))
-            elif id(param) in non_local or not name.startswith(("visible.", "infrared.",
-                                                                "shared.")):
+            elif id(param) in inserted:
+                groups["inserted"].append((name, param))
+            elif not name.startswith(("visible.", "infrared.", "shared.")):
                 groups["new"].append((name, param))
             else:
                 groups["backbone"].append((name, param))
         return groups
-
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        """The ResNet parameters (learning rate TRAIN.BASE_LR)."""
-        return [p for _, p in self.named_parameter_groups()["backbone"]]
-
-    def new_parameters(self) -> list[nn.Parameter]:
-        """Non-local, pooling, BNNeck and classifier parameters (x TRAIN.NEW_LR_FACTOR)."""
-        return [p for _, p in self.named_parameter_groups()["new"]]
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        """Modality-head parameters (x TRAIN.HEAD_LR_FACTOR); empty without heads."""
-        return [p for _, p in self.named_parameter_groups()["head"]]

@@ -36,6 +36,7 @@ def _param_groups(cfg: CfgNode, model: nn.Module, criterion: nn.Module) -> list[
     if trainable_criterion:
         named = {**named, "criterion": trainable_criterion}
     factors = {"backbone": 1.0, "new": cfg.TRAIN.NEW_LR_FACTOR,
+               "inserted": 1.0 if cfg.TRAIN.INSERTED_LR == "backbone" else cfg.TRAIN.NEW_LR_FACTOR,
                "head": cfg.TRAIN.HEAD_LR_FACTOR, "criterion": cfg.TRAIN.NEW_LR_FACTOR}
     groups = []
     for group, params in named.items():
@@ -57,7 +58,8 @@ def build_optimizer(cfg: CfgNode, model: nn.Module, criterion: nn.Module) -> tor
     """Build TRAIN.OPTIMIZER over the model's (and criterion's) trainable parameters.
 
     Groups (named in each group's ``'name'``): ``backbone`` at TRAIN.BASE_LR,
-    ``new`` (non-local, pooling, BNNeck, classifier) at BASE_LR x NEW_LR_FACTOR,
+    ``new`` (pooling, BNNeck, classifier) at BASE_LR x NEW_LR_FACTOR, ``inserted``
+    (non-local, MFA, expansion) at the rate TRAIN.INSERTED_LR names,
     ``head`` (modality heads) at BASE_LR x HEAD_LR_FACTOR; each split into
     weights (WEIGHT_DECAY) and ``*_bias`` (biases and norm parameters,
     WEIGHT_DECAY_BIAS). Center-loss centres are not optimizer parameters (they

@@ -32,7 +32,10 @@ class WarmupSchedule:
     Epoch position ``e = iteration / iters_per_epoch``. Multistep: ``gamma ** (number
     of steps <= e)``. Cosine: from 1 after warmup to ``min_factor`` at ``max_epochs``.
     During warmup (``e < warmup_epochs``) the factor is further multiplied by
-    ``warmup_factor + (1 - warmup_factor) * e / warmup_epochs``.
+    ``warmup_factor + (1 - warmup_factor) * e / warmup_epochs``, or with ``stepwise``
+    by ``warmup_factor + (1 - warmup_factor) * floor(e) / (warmup_epochs - 1)``:
+    constant within an epoch, from ``warmup_factor`` in the first epoch to 1 in the
+    last warmup epoch (AGW, CAJ and DEEN: ``lr * (e + 1) / 10`` with factor 0.1).
 
     Plain attributes only, so ``LambdaLR.state_dict()`` stores them and a resumed run
     continues exactly.
@@ -40,7 +43,7 @@ class WarmupSchedule:
 
     def __init__(self, kind: str, iters_per_epoch: int, max_epochs: int, warmup_epochs: float,
                  warmup_factor: float, steps: tuple[int, ...], gamma: float,
-                 min_factor: float) -> None:
+                 min_factor: float, stepwise: bool = False) -> None:
         self.kind = kind
         self.iters_per_epoch = iters_per_epoch
         self.max_epochs = max_epochs
@@ -49,12 +52,14 @@ class WarmupSchedule:
         self.steps = list(steps)
         self.gamma = gamma
         self.min_factor = min_factor
+        self.stepwise = stepwise
 
     def __call__(self, iteration: int) -> float:
         epoch = iteration / self.iters_per_epoch
         factor = SCHEDULERS[self.kind](self, epoch)
         if epoch < self.warmup_epochs:
-            alpha = epoch / self.warmup_epochs
+            alpha = (math.floor(epoch) / max(math.ceil(self.warmup_epochs) - 1, 1)
+                     if self.stepwise else epoch / self.warmup_epochs)
             factor *= self.warmup_factor + (1.0 - self.warmup_factor) * alpha
         return factor
 
@@ -79,5 +84,6 @@ def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer,
                         f"TRAIN.MAX_EPOCHS = {cfg.TRAIN.MAX_EPOCHS}")
     schedule = WarmupSchedule(cfg.TRAIN.SCHEDULER, iters_per_epoch, cfg.TRAIN.MAX_EPOCHS,
                               cfg.TRAIN.WARMUP_EPOCHS, cfg.TRAIN.WARMUP_FACTOR, steps,
-                              cfg.TRAIN.GAMMA, cfg.TRAIN.MIN_LR_FACTOR)
+                              cfg.TRAIN.GAMMA, cfg.TRAIN.MIN_LR_FACTOR,
+                              cfg.TRAIN.WARMUP_STEPWISE)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)

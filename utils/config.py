@@ -36,8 +36,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "LOSS.TRIPLET_MINING": ("all", "cross"),
     "LOSS.METRIC_FEAT": ("pool", "bn"),
     "TRAIN.SELECT": ("last", "val", "test"),
-    "TEST.FEAT": ("bn", "pool"),
-    "TEST.DISTANCE": ("euclidean", "cosine"),
+    "TEST.FEAT": ("bn", "pool", "pool+bn"),
+    "TEST.VIEWS": ("all", "original"),
+    "TEST.DISTANCE": ("euclidean", "cosine", "dot"),
+    "LOSS.WRT_FORM": ("exact", "published"),
+    "TRAIN.INSERTED_LR": ("new", "backbone"),
     "TEST.GALLERY": ("auto", "official", "random"),
 }
 
@@ -75,6 +78,17 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "MODEL.SHARED_FROM": (0, 4),
     "MODEL.GEM_P": (1, None),
     "MODEL.NON_LOCAL_REDUCTION": (1, None),
+    "MODEL.NON_LOCAL_INNER": (0, None),
+    "MODEL.NECK_INIT_STD": (0, None),
+    "MODEL.LAST_STAGE": (3, 4),
+    "MODEL.DEE_BRANCHES": (0, None),
+    "MODEL.DEE_AFTER": (1, 4),
+    "LOSS.ADP_WEIGHT": (0, None),
+    "LOSS.ADP_ALPHA": (0, None),
+    "LOSS.ADP_GAMMA": (0, None),
+    "LOSS.CPM_WEIGHT": (0, None),
+    "LOSS.CPM_MARGIN": (0, None),
+    "LOSS.ORTH_WEIGHT": (0, None),
     "MODEL.HEAD_DIM": (1, None),
     "LOSS.LABEL_SMOOTH": (0, 1),
     "LOSS.MARGIN": (0, None),
@@ -236,6 +250,18 @@ def _check(cfg: CfgNode, where: str) -> None:
         raise UserError(
             f"{where}: MODEL.NON_LOCAL_BLOCKS must be 4 non-negative counts (layer1..layer4)"
         )
+    m = cfg.MODEL
+    last = m.LAST_STAGE
+    if any(not 1 <= s <= last for s in m.MFA) or len(set(m.MFA)) != len(m.MFA):
+        raise UserError(f"{where}: MODEL.MFA = {format_value(m.MFA)} must name distinct stages "
+                        f"1..{last} (MODEL.LAST_STAGE)")
+    if m.DEE_BRANCHES and not max(m.SHARED_FROM, 1) <= m.DEE_AFTER <= last:
+        raise UserError(f"{where}: MODEL.DEE_AFTER = {m.DEE_AFTER} must be a shared stage: "
+                        f"{max(m.SHARED_FROM, 1)}..{last} (MODEL.SHARED_FROM = "
+                        f"{m.SHARED_FROM}, MODEL.LAST_STAGE = {last})")
+    if last < 4 and m.NON_LOCAL_BLOCKS[3]:
+        raise UserError(f"{where}: MODEL.NON_LOCAL_BLOCKS puts blocks in layer4, which "
+                        "MODEL.LAST_STAGE = 3 leaves out")
     if len(cfg.DATA.RE_FILL) != 3:
         raise UserError(f"{where}: DATA.RE_FILL must be 3 numbers: the R, G, B fill in "
                         f"normalised space")

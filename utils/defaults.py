@@ -95,12 +95,26 @@ DEFAULTS.MODEL.GEM_P = 3.0
 DEFAULTS.MODEL.GEM_LEARNABLE = True
 # Non-local blocks after the last blocks of each backbone stage (layer1..layer4); AGW uses 0, 2, 3, 0. In a modality-specific stage each stream has its own.
 DEFAULTS.MODEL.NON_LOCAL_BLOCKS = (0, 0, 0, 0)
-# Non-local inner width = channels // NON_LOCAL_REDUCTION.
+# Non-local inner width = channels // NON_LOCAL_REDUCTION (when NON_LOCAL_INNER is 0).
 DEFAULTS.MODEL.NON_LOCAL_REDUCTION = 2
+# Non-local inner width in channels; 0 = channels // NON_LOCAL_REDUCTION. AGW's and CAJ's published blocks have 1 (their reduc_ratio // reduc_ratio).
+DEFAULTS.MODEL.NON_LOCAL_INNER = 0
 # Bias in the ID classifier (the BNNeck design uses none).
 DEFAULTS.MODEL.FC_BIAS = False
 # Width of the hidden layer of the modality-specific ID heads (used when LOSS.TERMS has modality_id or kl).
 DEFAULTS.MODEL.HEAD_DIM = 512
+# Standard deviation of the BNNeck weight's normal init around 1; 0 = all ones. AGW, CAJ and DEEN: 0.01.
+DEFAULTS.MODEL.NECK_INIT_STD = 0.0
+# Backbone stages used: 4 = stem..layer4; 3 = stop after layer3 (DEEN's RegDB network), the feature width is layer3's.
+DEFAULTS.MODEL.LAST_STAGE = 4
+# DEEN's diverse embedding expansion: generator branches (0 = none). The expanded embeddings are stacked on the batch axis, also at test time.
+DEFAULTS.MODEL.DEE_BRANCHES = 0
+# Stage (1..4 = layer1..layer4) after which the expansion sits; it must be in the shared part (>= SHARED_FROM). DEEN: 3 (SYSU-MM01, LLCM), 2 (RegDB).
+DEFAULTS.MODEL.DEE_AFTER = 3
+# Stages (1..4) followed by DEEN's multi-level feature aggregation block (channel then spatial non-local part, fed the stage's input and output); empty = none.
+DEFAULTS.MODEL.MFA = ()
+# MFA affinity: no = divided by its size (DEEN's code), yes = softmax (DEEN's paper, Eq. 7).
+DEFAULTS.MODEL.MFA_SOFTMAX = False
 
 DEFAULTS.LOSS = CN()
 # Loss terms to train with (names registered in layers.criterion.LOSS_TERMS).
@@ -121,6 +135,24 @@ DEFAULTS.LOSS.TRIPLET_MINING = "all"
 DEFAULTS.LOSS.METRIC_FEAT = "pool"
 # Weight of the weighted regularized triplet loss (AGW).
 DEFAULTS.LOSS.WRT_WEIGHT = 1.0
+# WRT's soft weights: exact (masked softmax, max-shifted) or published (AGW's code: unshifted negatives, +1e-6 in the normaliser; departs from exact beyond distances of about 10).
+DEFAULTS.LOSS.WRT_FORM = "exact"
+# Weight of CAJ's adaptive (ADP) triplet loss.
+DEFAULTS.LOSS.ADP_WEIGHT = 1.0
+# ADP: alpha, the softmax temperature of its positive and negative weights.
+DEFAULTS.LOSS.ADP_ALPHA = 1.0
+# ADP: gamma, the scale of the distance difference.
+DEFAULTS.LOSS.ADP_GAMMA = 1.0
+# ADP: yes = soft margin on the squared difference (CAJ's published command, square 1); no = on the difference.
+DEFAULTS.LOSS.ADP_SQUARE = True
+# Weight of DEEN's centre-guided pair mining loss (summed over the expanded embeddings, each against the originals).
+DEFAULTS.LOSS.CPM_WEIGHT = 0.8
+# CPM margin.
+DEFAULTS.LOSS.CPM_MARGIN = 0.2
+# CPM: detach the push away from the own modality's centre (DEEN's code: yes; its paper: no).
+DEFAULTS.LOSS.CPM_DETACH = True
+# Weight of DEEN's orthogonality loss between the expanded embeddings (its code: 0.01; its paper: 0.1).
+DEFAULTS.LOSS.ORTH_WEIGHT = 0.01
 # Weight of the center loss.
 DEFAULTS.LOSS.CENTER_WEIGHT = 0.0005
 # Update rate alpha of the class centres, by the center-loss paper's rule c -= alpha * sum(c - x) / (1 + n) (not the optimizer, not the schedule).
@@ -143,6 +175,8 @@ DEFAULTS.TRAIN.OPTIMIZER = "adam"
 DEFAULTS.TRAIN.BASE_LR = 0.00035
 # Learning-rate multiple of the new layers (BNNeck, classifier, pooling, non-local) over BASE_LR.
 DEFAULTS.TRAIN.NEW_LR_FACTOR = 1.0
+# Learning rate of inserted modules (non-local, MFA, DEE): new (x NEW_LR_FACTOR) or backbone (AGW's, CAJ's and DEEN's code).
+DEFAULTS.TRAIN.INSERTED_LR = "new"
 # Learning-rate multiple of the modality-specific ID heads over BASE_LR.
 DEFAULTS.TRAIN.HEAD_LR_FACTOR = 10.0
 # SGD momentum (also Adam's beta1).
@@ -163,6 +197,8 @@ DEFAULTS.TRAIN.GAMMA = 0.1
 DEFAULTS.TRAIN.WARMUP_EPOCHS = 10
 # Learning-rate factor at the start of the warmup.
 DEFAULTS.TRAIN.WARMUP_FACTOR = 0.01
+# Warmup in whole-epoch steps (WARMUP_FACTOR in epoch 1 up to 1 in the last warmup epoch, AGW/CAJ/DEEN's lr * (e + 1) / 10) instead of per iteration.
+DEFAULTS.TRAIN.WARMUP_STEPWISE = False
 # Cosine: final learning rate as a fraction of the initial one.
 DEFAULTS.TRAIN.MIN_LR_FACTOR = 0.002
 # Number of training epochs.
@@ -185,11 +221,15 @@ DEFAULTS.TRAIN.CHANNELS_LAST = True
 DEFAULTS.TRAIN.SYNC_BN = False
 
 DEFAULTS.TEST = CN()
-# Feature used for retrieval: bn (after the BNNeck) or pool (before it).
+# Feature used for retrieval: bn (after the BNNeck), pool (before it) or pool+bn (both, concatenated; DEEN).
 DEFAULTS.TEST.FEAT = "bn"
+# Which embeddings of an expanded model (MODEL.DEE_BRANCHES) form the feature: all (concatenated, DEEN) or original.
+DEFAULTS.TEST.VIEWS = "all"
+# L2-normalise every part (each embedding's pool / bn vector, and the flipped image's) before they are averaged and concatenated (CAJ, DEEN).
+DEFAULTS.TEST.NORM_EACH = False
 # L2-normalise features before computing distances.
 DEFAULTS.TEST.NORM = True
-# Distance: euclidean (squared) or cosine.
+# Distance: euclidean (squared), cosine, or dot (minus the inner product: DEEN ranks by the sum of its parts' inner products).
 DEFAULTS.TEST.DISTANCE = "euclidean"
 # Test-time augmentation: average the feature of each image and its mirror.
 DEFAULTS.TEST.FLIP = False
