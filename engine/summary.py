@@ -1,4 +1,4 @@
-"""The table of several RegDB trials (one model each): mean ± std per direction."""
+"""The table of several split trials (one model each, as RegDB's): mean ± std per setting."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -9,7 +9,7 @@ SUMMARY_METRICS = ("R1", "R10", "R20", "mAP", "mINP")
 
 def summary_table(merged: Mapping[str, Any], metrics: Sequence[str] = SUMMARY_METRICS) -> dict:
     """``{direction: {metric: {"mean": m, "std": s, "values": [per trial]}}}`` from the
-    results of :func:`engine.tester.merge_regdb_trials` (percentages, sample std)."""
+    results of :func:`engine.tester.merge_split_trials` (percentages, sample std)."""
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for direction, entry in merged["settings"].items():
         table[direction] = {m: {"mean": entry["mean"][m], "std": entry["std"][m],

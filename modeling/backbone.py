@@ -167,7 +167,8 @@ def _resnet(cfg: CfgNode, factory: Callable[..., torchvision.models.ResNet]) -> 
 
 def _convnext(cfg: CfgNode, factory: Callable[..., nn.Module]) -> Backbone:
     """A torchvision ConvNeXt: stem = the 4x4 patchify; layer i = its downsampling
-    (LayerNorm + 2x2 conv, none before layer1) followed by the stage's blocks.
+    (LayerNorm + 2x2 conv, kept as one module so that a non-local block never lands
+    between the two; none before layer1) followed by the stage's blocks.
 
     LAST_STRIDE 1 keeps the last downsampling's 2x2 kernel with stride 1 and
     'same' padding, so layer4 keeps layer3's resolution (the re-ID habit).
@@ -177,8 +178,8 @@ def _convnext(cfg: CfgNode, factory: Callable[..., nn.Module]) -> Backbone:
     if cfg.MODEL.LAST_STRIDE == 1:
         conv = f[6][1]
         conv.stride, conv.padding = (1, 1), "same"
-    layers = [nn.Sequential(*f[1]), nn.Sequential(*f[2], *f[3]), nn.Sequential(*f[4], *f[5]),
-              nn.Sequential(*f[6], *f[7])]
+    layers = [nn.Sequential(*f[1]), nn.Sequential(f[2], *f[3]), nn.Sequential(f[4], *f[5]),
+              nn.Sequential(f[6], *f[7])]
     widths = [f[0][0].out_channels] + [layer[-1].block[0].in_channels for layer in layers]
     return Backbone(f[0], layers, tuple(widths), (4, 1, 2, 2, cfg.MODEL.LAST_STRIDE))
 

@@ -1,0 +1,116 @@
+"""test.py on another dataset than the checkpoint's: that dataset's protocol, the
+checkpoint's embedding, and ``trained_on`` in the results."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+from engine.evaluate import evaluate
+from modeling import build_model
+from utils.config import config_to_ini, load_config
+from utils.io import atomic_torch_save
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_PATH", "", "MODEL.DEVICE", "cpu",
+         "DATA.SIZE_TEST", "32,16", "DATA.SIZE_TRAIN", "32,16", "DATA.NUM_WORKERS", "0",
+         "DATA.VERIFY_IMAGES", "no", "TEST.NUM_TRIALS", "2"]
+NUM_CLASSES = 5
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("vireid_test_script_cross", REPO / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPT = _script()
+
+
+def save_checkpoint(path: Path, dataset: str, root: Path, *overrides: str) -> Path:
+    """A checkpoint in the training format with random weights."""
+    cfg = load_config(None, ["DATA.DATASET_NAME", dataset, "DATA.ROOT", str(root), *SMALL,
+                             *overrides])
+    torch.manual_seed(0)
+    model = build_model(cfg, NUM_CLASSES)
+    atomic_torch_save({"model": model.state_dict(), "config": config_to_ini(cfg),
+                       "num_classes": NUM_CLASSES, "epoch": 1, "iteration": 1}, path)
+    return path
+
+
+def run_test(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["test.py", *argv])
+    with pytest.raises(SystemExit) as exc:
+        SCRIPT.main()
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def sysu_ckpt(sysu_root, tmp_path_factory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "sysu.pth", "sysumm", sysu_root)
+
+
+def test_sysu_checkpoint_tested_on_llcm(sysu_ckpt, llcm_root, tmp_path, monkeypatch, capsys):
+    out_json = tmp_path / "r.json"
+    code, out, err = run_test(monkeypatch, capsys, "--model_path", str(sysu_ckpt),
+                              "--output", str(out_json),
+                              "DATA.DATASET_NAME", "llcm", "DATA.ROOT", str(llcm_root))
+    assert code == 0, err
+    assert "cross-dataset test: trained on sysumm, tested on llcm" in out
+    res = json.loads(out_json.read_text())
+    assert res["trained_on"] == "sysumm" and res["dataset"] == "llcm"
+    assert list(res["settings"]) == ["infrared-to-visible", "visible-to-infrared"]
+    assert res["headline"]["setting"] == "infrared-to-visible"
+    assert {e["rule"] for e in res["settings"].values()} == {"llcm"}
+    assert res["protocol"]["gallery_trials"] == [1, 2]
+
+    # The figures are those of the checkpoint's weights under LLCM's protocol.
+    cfg = load_config(None, ["DATA.DATASET_NAME", "llcm", "DATA.ROOT", str(llcm_root), *SMALL])
+    model = build_model(cfg, NUM_CLASSES)
+    model.load_state_dict(torch.load(sysu_ckpt, weights_only=True)["model"])
+    direct = evaluate(cfg, model.eval(), data.build_dataset(cfg, verbose=False, need_train=False))
+    assert res["settings"] == direct["settings"]
+
+
+def test_regdb_checkpoint_tested_on_sysu(regdb_root, sysu_root, tmp_path, monkeypatch, capsys):
+    ckpt = save_checkpoint(tmp_path / "regdb.pth", "regdb", regdb_root, "DATA.TRIAL", "3")
+    out_json = tmp_path / "r.json"
+    code, out, err = run_test(monkeypatch, capsys, "--model_path", str(ckpt), "--trial", "2",
+                              "--mode", "all", "--output", str(out_json),
+                              "DATA.DATASET_NAME", "sysumm", "DATA.ROOT", str(sysu_root))
+    assert code == 0, err
+    res = json.loads(out_json.read_text())
+    assert res["trained_on"] == "regdb" and res["dataset"] == "sysumm"
+    assert list(res["settings"]) == ["all-search single-shot", "all-search multi-shot"]
+    # --trial is a gallery trial of SYSU-MM01, whatever it meant for the checkpoint.
+    assert [t["trial"] for t in res["settings"]["all-search single-shot"]["trials"]] == [2]
+
+
+def test_split_trial_mismatch_is_checked_within_one_dataset_only(
+        sysu_ckpt, regdb_root, tmp_path, monkeypatch, capsys):
+    # The SYSU-MM01 checkpoint's DATA.TRIAL (1) says nothing about RegDB's splits.
+    code, out, err = run_test(monkeypatch, capsys, "--model_path", str(sysu_ckpt), "--trial",
+                              "2", "--output", str(tmp_path / "r.json"),
+                              "DATA.DATASET_NAME", "regdb", "DATA.ROOT", str(regdb_root))
+    assert code == 0, err
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["trained_on"] == "sysumm" and res["protocol"]["regdb_trial"] == 2
+    assert list(res["settings"]) == ["visible-to-thermal", "thermal-to-visible"]
+    assert "RegDB trial 2" in out
+
+    own = save_checkpoint(tmp_path / "regdb.pth", "regdb", regdb_root)
+    code, _, err = run_test(monkeypatch, capsys, "--model_path", str(own), "--trial", "2")
+    assert code == 2 and "trained on RegDB trial 1; testing it on trial 2" in err
+    code, _, err = run_test(monkeypatch, capsys, "--model_path", str(own), "--trial", "1",
+                            "--output", str(tmp_path / "same.json"))
+    assert code == 0, err
+    assert "trained_on" not in json.loads((tmp_path / "same.json").read_text())
