@@ -43,8 +43,9 @@ def test_stage_contract(name):
         for stage in (backbone.stem, *backbone.layers):
             x = stage.eval()(x)
             shapes.append(tuple(x.shape[1:]))
-    # Strides 4, 4, 8, 16, 32 on a 32 x 32 image.
+    # Strides 4, 4, 8, 16, 32 on a 32 x 32 image, as each stage declares.
     assert shapes == [(c, s, s) for c, s in zip(backbone.channels, (8, 8, 4, 2, 1))]
+    assert backbone.strides == (4, 1, 2, 2, 2)
 
 
 @pytest.mark.parametrize("name", OTHERS)
