@@ -23,6 +23,7 @@ from layers.metric import (
     weighted_regularized_triplet,
 )
 from utils.constants import INFRARED, VISIBLE
+from utils.errors import UserError
 from utils.registry import Registry
 
 Outputs = dict[str, torch.Tensor | int]
@@ -203,11 +204,19 @@ def _adp(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
                    loss.ADP_GAMMA, loss.ADP_SQUARE)
 
 
+def _need_views(cfg: CfgNode, term: str, branches: int) -> None:
+    if cfg.MODEL.DEE_BRANCHES < branches:
+        raise UserError(f"LOSS.TERMS has {term}, which needs expanded embeddings: "
+                        f"MODEL.DEE_BRANCHES >= {branches} (it is {cfg.MODEL.DEE_BRANCHES})")
+
+
 def _cpm(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    _need_views(cfg, "cpm", 1)
     return CPMTerm(cfg.LOSS.CPM_MARGIN, cfg.LOSS.CPM_DETACH)
 
 
 def _orth(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    _need_views(cfg, "orth", 2)
     return OrthogonalityTerm()
 
 

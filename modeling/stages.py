@@ -104,7 +104,7 @@ def build_stages(cfg: CfgNode, backbone: Backbone) -> dict[str, nn.Module]:
         stage: nn.Module = Stage(blocks, [NonLocalBlock(width, m.NON_LOCAL_REDUCTION,
                                                         m.NON_LOCAL_INNER)
                                           for _ in range(count)])
-        if i in m.MFA:
+        if m.MFA[i - 1]:
             stage = AggregatedStage(stage, MFA(width, backbone.channels[i - 1],
                                                backbone.strides[i], m.MFA_SOFTMAX))
         if m.DEE_BRANCHES and i == m.DEE_AFTER:

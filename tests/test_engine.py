@@ -96,7 +96,7 @@ def test_tiny_two_stream_resnet18_learns_and_writes_its_files(closed_regdb: Path
 
     log = (tmp_path / "log.txt").read_text()
     assert "selected on the test set" in log and "epoch 10/10 iter 6/6" in log
-    assert load_config(tmp_path / "config.ini").dump() == cfg.dump()
+    assert load_config(tmp_path / "config.ini") == cfg
     for name in ("last.pth", "best.pth"):
         ckpt = torch.load(tmp_path / name, map_location="cpu", weights_only=True)
         assert {"model", "optimizer", "scheduler", "scaler", "criterion", "epoch", "iteration",

@@ -12,8 +12,9 @@ from utils.config import load_config
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = ("res50_regdb_all", "res50_sysumm_all", "agw_regdb", "agw_sysumm",
-           "caj_regdb", "caj_sysumm")
+# Every shipped config but the demo's (which is built by tests/test_demo.py).
+CONFIGS = tuple(sorted(p.stem for p in (REPO / "configs").glob("*.ini")
+                       if p.stem != "demo_synthetic"))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,9 +160,13 @@ def test_shipped_configs_build(name):
     if source:
         assert cfg.TRAIN.OPTIMIZER == "adam" and cfg.TRAIN.STEPS == ()
         assert cfg.LOSS.MARGIN == (0.2 if "regdb" in name else 0.3)
+    elif name.startswith("deen"):
+        assert cfg.MODEL.DEE_BRANCHES == 2 and cfg.TRAIN.STEPS == (20, 80)
+        assert cfg.MODEL.LAST_STAGE == (3 if "regdb" in name else 4)
     else:
         assert cfg.MODEL.NON_LOCAL_BLOCKS == (0, 2, 3, 0) and cfg.TRAIN.STEPS == (20, 50)
-        assert (cfg.DATA.CHANNEL_AUG_PROB > 0) == name.startswith("caj")
+        assert cfg.DATA.VISIBLE_COPY == name.startswith("caj")
+    assert (cfg.TRAIN.SELECT, cfg.TRAIN.SEED) == ("last", 0 if not source else 2019)
     assert load_config(REPO / "configs" / f"{name}.ini").MODEL.PRETRAIN_PATH == "imagenet"
 
 

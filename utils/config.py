@@ -252,9 +252,9 @@ def _check(cfg: CfgNode, where: str) -> None:
         )
     m = cfg.MODEL
     last = m.LAST_STAGE
-    if any(not 1 <= s <= last for s in m.MFA) or len(set(m.MFA)) != len(m.MFA):
-        raise UserError(f"{where}: MODEL.MFA = {format_value(m.MFA)} must name distinct stages "
-                        f"1..{last} (MODEL.LAST_STAGE)")
+    if len(m.MFA) != 4 or set(m.MFA) - {0, 1} or any(m.MFA[last:]):
+        raise UserError(f"{where}: MODEL.MFA = {format_value(m.MFA)} must be 4 flags 0 or 1 "
+                        f"(layer1..layer4), none after layer{last} (MODEL.LAST_STAGE)")
     if m.DEE_BRANCHES and not max(m.SHARED_FROM, 1) <= m.DEE_AFTER <= last:
         raise UserError(f"{where}: MODEL.DEE_AFTER = {m.DEE_AFTER} must be a shared stage: "
                         f"{max(m.SHARED_FROM, 1)}..{last} (MODEL.SHARED_FROM = "

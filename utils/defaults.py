@@ -111,8 +111,8 @@ DEFAULTS.MODEL.LAST_STAGE = 4
 DEFAULTS.MODEL.DEE_BRANCHES = 0
 # Stage (1..4 = layer1..layer4) after which the expansion sits; it must be in the shared part (>= SHARED_FROM). DEEN: 3 (SYSU-MM01, LLCM), 2 (RegDB).
 DEFAULTS.MODEL.DEE_AFTER = 3
-# Stages (1..4) followed by DEEN's multi-level feature aggregation block (channel then spatial non-local part, fed the stage's input and output); empty = none.
-DEFAULTS.MODEL.MFA = ()
+# DEEN's multi-level feature aggregation block after layer1..layer4 (1 = yes): a channel then a spatial non-local part fed the stage's input and output. DEEN: 1, 1, 1, 0 (RegDB: 1, 1, 0, 0).
+DEFAULTS.MODEL.MFA = (0, 0, 0, 0)
 # MFA affinity: no = divided by its size (DEEN's code), yes = softmax (DEEN's paper, Eq. 7).
 DEFAULTS.MODEL.MFA_SOFTMAX = False
 
