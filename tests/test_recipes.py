@@ -222,8 +222,8 @@ def test_deen_keys_check_the_network():
 
 @pytest.mark.parametrize("dataset", ["regdb", "sysumm", "llcm"])
 def test_deen_trains_and_tests_end_to_end(dataset, regdb_root, sysu_root, llcm_root, tmp_path):
-    from engine.launch import train_and_test
     from engine.distributed import DistInfo
+    from engine.launch import train_and_test
 
     root = {"regdb": regdb_root, "sysumm": sysu_root, "llcm": llcm_root}[dataset]
     cfg = deen_small(f"deen_{dataset}", "DATA.ROOT", str(root), "DATA.TRAIN_BATCH_SIZE", "8",
