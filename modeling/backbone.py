@@ -165,19 +165,30 @@ def _resnet(cfg: CfgNode, factory: Callable[..., torchvision.models.ResNet]) -> 
                     (4, 1, 2, 2, cfg.MODEL.LAST_STRIDE))
 
 
+class PaddedConv(nn.Conv2d):
+    """A stride-1 convolution that first pads (kernel - 1) zero rows and columns at the
+    bottom and right, so its output keeps the input's size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        return super().forward(nn.functional.pad(x, (0, kw - 1, 0, kh - 1)))
+
+
 def _convnext(cfg: CfgNode, factory: Callable[..., nn.Module]) -> Backbone:
     """A torchvision ConvNeXt: stem = the 4x4 patchify; layer i = its downsampling
     (LayerNorm + 2x2 conv, kept as one module so that a non-local block never lands
     between the two; none before layer1) followed by the stage's blocks.
 
-    LAST_STRIDE 1 keeps the last downsampling's 2x2 kernel with stride 1 and
-    'same' padding, so layer4 keeps layer3's resolution (the re-ID habit).
+    LAST_STRIDE 1 keeps the last downsampling's 2x2 kernel with stride 1 after
+    padding one row and column of zeros at the bottom and right, so layer4 keeps
+    layer3's resolution (the re-ID habit).
     """
     net = torchvision_network(cfg, factory, "classifier.")
     f = net.features
     if cfg.MODEL.LAST_STRIDE == 1:
-        conv = f[6][1]
-        conv.stride, conv.padding = (1, 1), "same"
+        merge = f[6][1]
+        f[6][1] = PaddedConv(merge.in_channels, merge.out_channels, merge.kernel_size)
+        f[6][1].load_state_dict(merge.state_dict())
     layers = [nn.Sequential(*f[1]), nn.Sequential(f[2], *f[3]), nn.Sequential(f[4], *f[5]),
               nn.Sequential(f[6], *f[7])]
     widths = [f[0][0].out_channels] + [layer[-1].block[0].in_channels for layer in layers]
