@@ -2,9 +2,7 @@
 checkpoint's embedding, and ``trained_on`` in the results."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,45 +11,23 @@ import torch
 import data
 from engine.evaluate import evaluate
 from modeling import build_model
-from utils.config import config_to_ini, load_config
-from utils.io import atomic_torch_save
+from tests.helpers import SMALL, load_test_script, run_script, save_random_checkpoint
+from utils.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_PATH", "", "MODEL.DEVICE", "cpu",
-         "DATA.SIZE_TEST", "32,16", "DATA.SIZE_TRAIN", "32,16", "DATA.NUM_WORKERS", "0",
-         "DATA.VERIFY_IMAGES", "no", "TEST.NUM_TRIALS", "2"]
 NUM_CLASSES = 5
+TWO_TRIALS = ("TEST.NUM_TRIALS", "2")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("vireid_test_script_cross", REPO / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPT = _script()
+SCRIPT = load_test_script("vireid_test_script_cross")
 
 
 def save_checkpoint(path: Path, dataset: str, root: Path, *overrides: str) -> Path:
-    """A checkpoint in the training format with random weights."""
-    cfg = load_config(None, ["DATA.DATASET_NAME", dataset, "DATA.ROOT", str(root), *SMALL,
-                             *overrides])
-    torch.manual_seed(0)
-    model = build_model(cfg, NUM_CLASSES)
-    atomic_torch_save({"model": model.state_dict(), "config": config_to_ini(cfg),
-                       "num_classes": NUM_CLASSES, "epoch": 1, "iteration": 1}, path)
-    return path
+    return save_random_checkpoint(path, dataset, root, *TWO_TRIALS, *overrides,
+                                  num_classes=NUM_CLASSES)
 
 
 def run_test(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["test.py", *argv])
-    with pytest.raises(SystemExit) as exc:
-        SCRIPT.main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+    return run_script(SCRIPT, monkeypatch, capsys, *argv)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +50,8 @@ def test_sysu_checkpoint_tested_on_llcm(sysu_ckpt, llcm_root, tmp_path, monkeypa
     assert res["protocol"]["gallery_trials"] == [1, 2]
 
     # The figures are those of the checkpoint's weights under LLCM's protocol.
-    cfg = load_config(None, ["DATA.DATASET_NAME", "llcm", "DATA.ROOT", str(llcm_root), *SMALL])
+    cfg = load_config(None, ["DATA.DATASET_NAME", "llcm", "DATA.ROOT", str(llcm_root), *SMALL,
+                             *TWO_TRIALS])
     model = build_model(cfg, NUM_CLASSES)
     model.load_state_dict(torch.load(sysu_ckpt, weights_only=True)["model"])
     direct = evaluate(cfg, model.eval(), data.build_dataset(cfg, verbose=False, need_train=False))

@@ -3,9 +3,7 @@ test.py unchanged: the engine asks the dataset, never its name."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from data import DATASETS, ImageRecord, VIReIDDataset, register_dataset
 from data.base import by_modality, list_images, read_id_file, relabel, sort_records
 from data.protocols import Setting, seeded_gallery
 from engine.launch import train_main
+from tests.helpers import load_test_script, run_script, tiny_training
 from utils.config import load_config
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
@@ -31,14 +30,7 @@ TRAIN_IDS, TEST_IDS, IMAGES = range(1, 9), range(9, 13), 3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("vireid_test_script_fifth", REPO / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPT = _script()
+SCRIPT = load_test_script("vireid_test_script_fifth")
 
 
 def define_duskcam() -> type[VIReIDDataset]:
@@ -147,16 +139,6 @@ def duskcam_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def small_opts(root: Path, out: Path, *extra: str, name: str = NAME) -> list[str]:
-    return ["DATA.DATASET_NAME", name, "DATA.ROOT", str(root), "DATA.SIZE_TRAIN", "32,16",
-            "DATA.SIZE_TEST", "32,16", "DATA.PADDING", "2", "DATA.NUM_WORKERS", "0",
-            "DATA.TRAIN_BATCH_SIZE", "8", "DATA.SAMPLE_ID_INSTANCE", "2",
-            "MODEL.NAME", "resnet18", "MODEL.PRETRAIN_PATH", "", "MODEL.DEVICE", "cpu",
-            "TRAIN.OPTIMIZER", "adam", "TRAIN.BASE_LR", "0.001", "TRAIN.WARMUP_EPOCHS", "0",
-            "TRAIN.STEPS", "", "TRAIN.MAX_EPOCHS", "2", "TRAIN.ITERS_PER_EPOCH", "2",
-            "TRAIN.OUTPUT_PATH", str(out), "TEST.NUM_TRIALS", "3", *extra]
-
-
 def train(tmp_path: Path, root: Path, *extra: str, name: str = NAME,
           args: Sequence[str] = ()) -> dict[str, Any]:
     """train.py on ``name`` into ``tmp_path/run``; returns its results.json (or summary.json
@@ -164,19 +146,16 @@ def train(tmp_path: Path, root: Path, *extra: str, name: str = NAME,
     ini = tmp_path / "run.ini"
     ini.write_text("[DATA]\nNUM_WORKERS = 0\n")
     assert train_main("train.py", None, ["--config", str(ini), *args,
-                                         *small_opts(root, tmp_path / "run", *extra,
-                                                     name=name)]) == 0
+                                         *tiny_training(name, root, tmp_path / "run",
+                                                        "TEST.NUM_TRIALS", "3",
+                                                        *extra)]) == 0
     written = tmp_path / "run" / ("summary.json" if args else "results.json")
     return json.loads(written.read_text())
 
 
 def run_test_script(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                     *argv: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["test.py", *argv])
-    with pytest.raises(SystemExit) as exc:
-        SCRIPT.main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+    return run_script(SCRIPT, monkeypatch, capsys, *argv)
 
 
 def test_the_name_is_valid_only_while_registered(duskcam, duskcam_root):

@@ -1,11 +1,9 @@
 """test.py end to end on tiny random-weight checkpoints, and every bad input."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,47 +12,15 @@ import torch
 from data.protocols import sample_gallery_seeded
 from data.regdb import RegDB
 from data.sysu import SYSUMM01
-from modeling import build_model
-from utils.config import config_to_ini, load_config
-from utils.io import atomic_torch_save
+from tests.helpers import REPO, load_test_script, run_script, save_random_checkpoint
 from utils.metrics import evaluate_ranking, feature_distance
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = ["MODEL.NAME", "resnet18", "MODEL.PRETRAIN_PATH", "", "DATA.SIZE_TEST", "32,16",
-         "DATA.SIZE_TRAIN", "32,16", "DATA.NUM_WORKERS", "0", "DATA.TEST_BATCH_SIZE", "64",
-         "DATA.VERIFY_IMAGES", "no", "MODEL.DEVICE", "cpu"]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("vireid_test_script", REPO / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPT = _script()
-
-
-def save_checkpoint(path: Path, dataset: str, root: Path, *overrides: str,
-                    num_classes: int = 4, model_overrides: tuple[str, ...] = ()) -> Path:
-    """A checkpoint in the training format with random weights."""
-    cfg = load_config(None, ["DATA.DATASET_NAME", dataset, "DATA.ROOT", str(root), *SMALL,
-                             *overrides])
-    model_cfg = load_config(None, ["DATA.DATASET_NAME", dataset, *SMALL, *overrides,
-                                   *model_overrides])
-    torch.manual_seed(0)
-    model = build_model(model_cfg, num_classes)
-    atomic_torch_save({"model": model.state_dict(), "config": config_to_ini(cfg),
-                       "num_classes": num_classes, "epoch": 1, "iteration": 1}, path)
-    return path
+SCRIPT = load_test_script("vireid_test_script")
+save_checkpoint = save_random_checkpoint
 
 
 def run(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["test.py", *argv])
-    with pytest.raises(SystemExit) as exc:
-        SCRIPT.main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+    return run_script(SCRIPT, monkeypatch, capsys, *argv)
 
 
 @pytest.fixture(scope="module")

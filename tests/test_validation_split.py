@@ -13,6 +13,7 @@ import data
 from data.base import VIReIDDataset
 from engine.distributed import DistInfo
 from engine.launch import train_and_test, train_main
+from tests.helpers import tiny_training
 from utils.config import load_config
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError, cli_entry
@@ -66,19 +67,9 @@ def test_held_out_ids_leave_training_with_both_modalities(named_root):
     assert as_tuples(other_seed.eval_sets("val")["infrared"]) == as_tuples(val["infrared"])
 
 
-def tiny_run(name: str, root: Path, out: Path, *extra: str) -> list[str]:
-    return ["DATA.DATASET_NAME", name, "DATA.ROOT", str(root), "DATA.SIZE_TRAIN", "32,16",
-            "DATA.SIZE_TEST", "32,16", "DATA.PADDING", "2", "DATA.NUM_WORKERS", "0",
-            "DATA.VERIFY_IMAGES", "no", "DATA.TRAIN_BATCH_SIZE", "8",
-            "DATA.SAMPLE_ID_INSTANCE", "2", "MODEL.NAME", "resnet18", "MODEL.PRETRAIN_PATH", "",
-            "MODEL.DEVICE", "cpu", "TRAIN.BASE_LR", "0.001", "TRAIN.WARMUP_EPOCHS", "0",
-            "TRAIN.STEPS", "", "TRAIN.MAX_EPOCHS", "2", "TRAIN.ITERS_PER_EPOCH", "2",
-            "TRAIN.OUTPUT_PATH", str(out), "TEST.NUM_TRIALS", "1", *extra]
-
-
 def test_select_val_keeps_the_best_epoch_on_the_val_ids(named_root, tmp_path):
     name, root = named_root
-    cfg = load_config(None, tiny_run(name, root, tmp_path, "DATA.VAL_IDS", "2",
+    cfg = load_config(None, tiny_training(name, root, tmp_path, "DATA.VAL_IDS", "2",
                                      "TRAIN.SELECT", "val", "TRAIN.EVAL_PERIOD", "1"))
     results = train_and_test(cfg, None, DistInfo(), torch.device("cpu"))
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -116,7 +107,7 @@ def test_select_val_without_a_val_split_is_one_line(named_root, tmp_path, monkey
     ini = tmp_path / "run.ini"
     ini.write_text("[TRAIN]\nSELECT = val\n")
     monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(ini),
-                                      *tiny_run(name, root, tmp_path / "out")])
+                                      *tiny_training(name, root, tmp_path / "out")])
     with pytest.raises(SystemExit) as exit_info:
         cli_entry(partial(train_main, "train.py", None))()
     assert exit_info.value.code == 2

@@ -1,4 +1,4 @@
-"""``make bench``: loader, evaluation and training benchmarks in one markdown report.
+"""``make bench``: loader, evaluation, training and learning benchmarks in one markdown report.
 
     python tools/bench_all.py [--output BENCHMARKS.md] [--quick]
 
@@ -19,7 +19,13 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from tools import bench_eval, bench_loader, bench_train  # noqa: E402
+from tools import (  # noqa: E402
+    bench_eval,
+    bench_learning,
+    bench_loader,
+    bench_recipes,
+    bench_train,
+)
 from utils.errors import cli_entry  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
 
@@ -44,7 +50,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
     parser.add_argument("--quick", action="store_true",
-                        help="fewer batches and trials, no 20k x 20k case (a smoke run)")
+                        help="fewer batches, trials, seeds and steps, no 20k x 20k case "
+                             "(a smoke run)")
     args = parser.parse_args()
     start = time.time()
     sections = [f"# Benchmarks\n\nMachine: {machine()}.\n",
@@ -63,6 +70,16 @@ def main() -> int:
     sections += ["## Training step (the engine with loader, sampler, augmentations, loss dict "
                  "and logging vs a bare loop on tensors in memory)\n",
                  bench_train.markdown(train), ""]
+    print("learning guard ...", flush=True)
+    guard = bench_learning.compare(seeds=2 if args.quick else 3, epochs=2 if args.quick else 8)
+    sections += ["## Learning guard (the engine vs a bare loop of the same recipe, synthetic "
+                 "RegDB, 30 training ids, 128x64)\n", bench_learning.markdown(guard), ""]
+    print("paper recipes ...", flush=True)
+    recipes = ["deen_regdb", "agw_regdb"]
+    check = bench_recipes.compare(recipes, seeds=2, steps=30 if args.quick else 300)
+    sections += ["## Paper recipes at reduced size (DEEN vs AGW as configured, ResNet-18 from "
+                 "scratch, 64x32, synthetic RegDB)\n", bench_recipes.markdown(check, recipes),
+                 ""]
     sections.append(f"Total benchmark time: {(time.time() - start) / 60:.1f} min.\n")
     text = "\n".join(sections)
     atomic_write_text(args.output, text)
