@@ -120,9 +120,14 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: CfgNode, num_classes: int
     """Refuse a resume into a different network; return the other changed keys.
 
     Raises:
-        UserError: a MODEL key (other than DEVICE / PRETRAIN_PATH) or the number
+        UserError: a checkpoint without training state (an imported published
+            model), or a MODEL key (other than DEVICE / PRETRAIN_PATH) or the number
             of classes differs from the checkpoint's.
     """
+    if "optimizer" not in ckpt:
+        raise UserError(f"{where}: holds a network without its training state (such as an "
+                        "imported published model), so it cannot be resumed; to train from "
+                        f"it, start a run with MODEL.PRETRAIN_PATH {where}")
     old = config_from_ini_text(ckpt["config"], where=f"{where} (saved config)")
     diffs = config_differences(old, cfg)
     model_diffs = model_differences(old, cfg)

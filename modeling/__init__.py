@@ -8,6 +8,7 @@ from layers.pooling import GeneralizedMeanPooling, GlobalAvgPooling
 from modeling.backbone import BACKBONES, STAGES, Backbone
 from modeling.model import EvalFeature, VIReIDNet
 from modeling.stages import build_stages, feature_width
+from modeling.warm_start import load_whole_model, read_model_checkpoint
 
 __all__ = ["BACKBONES", "STAGES", "Backbone", "EvalFeature", "VIReIDNet", "build_model"]
 
@@ -19,11 +20,21 @@ def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
     Non-local blocks in a modality-specific stage are specific too (each stream
     gets its own copy, like the rest of that stage).
 
+    MODEL.PRETRAIN_PATH naming one of this project's checkpoints initialises the
+    whole network (``modeling.warm_start``); otherwise it is the backbone's.
+
     Raises:
         UserError: bad MODEL settings or pretrained weights that cannot be loaded.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    warm = read_model_checkpoint(cfg.MODEL.PRETRAIN_PATH)
+    if warm is not None:
+        path = cfg.MODEL.PRETRAIN_PATH
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.PRETRAIN_PATH = ""  # the backbone's weights come with the rest
+        cfg.freeze()
     backbone = BACKBONES[cfg.MODEL.NAME](cfg)
     stages = build_stages(cfg, backbone)
     if cfg.MODEL.POOLING == "gem":
@@ -31,8 +42,11 @@ def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
     else:
         pool = GlobalAvgPooling()
     with_heads = any(term in cfg.LOSS.TERMS for term in HEAD_TERMS)
-    return VIReIDNet(stages, cfg.MODEL.SHARED_FROM, feature_width(cfg, backbone), num_classes,
-                     pool, fc_bias=cfg.MODEL.FC_BIAS,
-                     head_dim=cfg.MODEL.HEAD_DIM if with_heads else None,
-                     test_feat=EvalFeature(cfg.TEST.FEAT, cfg.TEST.VIEWS, cfg.TEST.NORM_EACH),
-                     views=1 + cfg.MODEL.DEE_BRANCHES, neck_init_std=cfg.MODEL.NECK_INIT_STD)
+    model = VIReIDNet(stages, cfg.MODEL.SHARED_FROM, feature_width(cfg, backbone),
+                      num_classes, pool, fc_bias=cfg.MODEL.FC_BIAS,
+                      head_dim=cfg.MODEL.HEAD_DIM if with_heads else None,
+                      test_feat=EvalFeature(cfg.TEST.FEAT, cfg.TEST.VIEWS, cfg.TEST.NORM_EACH),
+                      views=1 + cfg.MODEL.DEE_BRANCHES, neck_init_std=cfg.MODEL.NECK_INIT_STD)
+    if warm is not None:
+        load_whole_model(model, warm, path)
+    return model

@@ -47,7 +47,8 @@ def test_rng_state_round_trips_through_weights_only_file(tmp_path: Path) -> None
 def _ckpt(value: float) -> dict:
     cfg = load_config(None, ["MODEL.NAME", "resnet18"])
     return {"model": {"w": torch.full((64, 64), value)}, "config": config_to_ini(cfg),
-            "num_classes": 4, "epoch": int(value), "rng": [capture_rng_state()]}
+            "num_classes": 4, "epoch": int(value), "rng": [capture_rng_state()],
+            "optimizer": {}}
 
 
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:

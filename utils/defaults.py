@@ -83,7 +83,7 @@ DEFAULTS.MODEL.DEVICE = "auto"
 DEFAULTS.MODEL.NAME = "resnet50"
 # Stride of the last backbone stage: 1 (larger feature map, the re-ID habit) or 2.
 DEFAULTS.MODEL.LAST_STRIDE = 1
-# Backbone weights: empty = random init, imagenet = torchvision's weights API, or a path to a torchvision state dict.
+# Backbone weights: empty = random init, imagenet = torchvision's weights API, a path to a torchvision state dict, or a checkpoint of this project (imported published models too) for the whole network (its classifier only when the class count matches).
 DEFAULTS.MODEL.PRETRAIN_PATH = "imagenet"
 # Where the modality streams meet: 0 = one shared backbone, 1 = specific stem (AGW), 2..4 = specific through layer1..layer3.
 DEFAULTS.MODEL.SHARED_FROM = 0

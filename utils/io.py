@@ -49,7 +49,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_tensor_file(path: str | os.PathLike, what: str = "file",
-                     allowed: Sequence[Any] = ()) -> Any:
+                     allowed: Sequence[Any] = (),
+                     resave: str = "torch.save(model.state_dict(), path)") -> Any:
     """``torch.load(path, weights_only=True)`` onto the CPU, with plain one-line errors.
 
     Only tensors and plain Python containers and scalars are unpickled (plus the
@@ -60,7 +61,9 @@ def load_tensor_file(path: str | os.PathLike, what: str = "file",
     Args:
         path: the file.
         what: how to name the file in errors (``checkpoint``, ``MODEL.PRETRAIN_PATH``).
-        allowed: extra classes the unpickler may build.
+        allowed: extra classes the unpickler may build (or ``(class, "module.name")``
+            pairs, for a class pickled under another module path).
+        resave: the call that re-saves the file as weights alone, for the refusal.
 
     Raises:
         UserError: missing file, a pickled object, or a file torch cannot read.
@@ -74,17 +77,28 @@ def load_tensor_file(path: str | os.PathLike, what: str = "file",
     except pickle.UnpicklingError as exc:
         # Only a class reference (a GLOBAL) means pickled objects; other refusals come
         # from a damaged or foreign file.
-        if "unsupported global" not in str(exc).lower():
+        found = _refused_class(str(exc))
+        if found is None:
             raise UserError(f"{p}: not a {what} torch can read (not a file written by "
                             "torch.save, or a damaged one)") from None
+        named = f" ({found})" if found else ""
         raise UserError(
-            f"{p}: the {what} holds pickled Python objects (such as a whole saved model), "
-            "which are not loaded because unpickling them can run code; in the code that "
-            "wrote it, load it and save the weights alone with "
-            "torch.save(model.state_dict(), path)") from None
+            f"{p}: the {what} holds pickled Python objects{named}, such as a whole saved "
+            "model, which are not loaded because unpickling them can run code; in the code "
+            f"that wrote it, load it and save the weights alone with {resave}") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
         raise UserError(f"{p}: not a {what} torch can read "
                         f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _refused_class(message: str) -> str | None:
+    """The class a weights-only unpickler refused, from its message; None when the
+    refusal was not about a class (a damaged or foreign file)."""
+    for pattern in (r"GLOBAL (\S+) was not an allowed global", r"but got <class '([^']+)'>"):
+        match = re.search(pattern, message)
+        if match:
+            return match.group(1)
+    return "" if "unsupported global" in message.lower() else None
 
 
 def _first_line(exc: BaseException) -> str:

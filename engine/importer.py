@@ -1,0 +1,340 @@
+"""Turn a released AGW / CAJ / DEEN checkpoint into one of this project's checkpoints.
+
+The released files (``torch.save`` of ``{'net': state_dict, 'mAP', 'mINP', 'cmc',
+'epoch'}``) hold numpy scalars and arrays next to the weights; they are read
+with ``weights_only=True`` and an allow-list of exactly those numpy classes, so a
+file holding anything else (a whole pickled model) is refused, never executed.
+Bare state dicts and ``module.``-prefixed ones (DataParallel) are accepted too.
+
+The import is strict: the config must build the published network (MODEL keys
+checked), every tensor of ours is filled from the file (the key table of
+``modeling.published``) with exactly its shape, and every tensor of the file is
+either used or one of the groups the published code builds but never runs.
+The config's TEST keys are set to the authors' test-time feature, so that
+``test.py`` computes the figures they reported.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from yacs.config import CfgNode
+
+from modeling import build_model
+from modeling.published import OWN_ONLY, count_by_group, key_table
+from utils.config import config_to_ini, load_config
+from utils.errors import UserError
+from utils.io import atomic_torch_save, load_tensor_file
+
+SOURCES = ("agw", "caj", "deen")
+LABELS = {"agw": "AGW", "caj": "CAJ", "deen": "DEEN"}
+RESAVE = "torch.save({'net': model.state_dict()}, path)"
+_SHOWN = 4
+
+_RESNET50 = {"MODEL.NAME": "resnet50", "MODEL.LAST_STRIDE": 1, "MODEL.SHARED_FROM": 1,
+             "MODEL.FC_BIAS": False}
+# MODEL keys that build each published network; DEEN's RegDB network stops after
+# layer3 and has no MFA block after it.
+NETWORKS: dict[str, dict[str, Any]] = {
+    "agw": {**_RESNET50, "MODEL.POOLING": "gem", "MODEL.GEM_P": 3.0,
+            "MODEL.NON_LOCAL_BLOCKS": (0, 2, 3, 0), "MODEL.NON_LOCAL_INNER": 1,
+            "MODEL.MFA": (0, 0, 0, 0), "MODEL.DEE_BRANCHES": 0, "MODEL.LAST_STAGE": 4},
+    "deen": {**_RESNET50, "MODEL.POOLING": "avg", "MODEL.NON_LOCAL_BLOCKS": (0, 0, 0, 0),
+             "MODEL.MFA": (1, 1, 1, 0), "MODEL.MFA_SOFTMAX": False, "MODEL.DEE_BRANCHES": 2,
+             "MODEL.DEE_AFTER": 3, "MODEL.LAST_STAGE": 4},
+    "deen-regdb": {**_RESNET50, "MODEL.POOLING": "avg", "MODEL.NON_LOCAL_BLOCKS": (0, 0, 0, 0),
+                   "MODEL.MFA": (1, 1, 0, 0), "MODEL.MFA_SOFTMAX": False,
+                   "MODEL.DEE_BRANCHES": 2, "MODEL.DEE_AFTER": 2, "MODEL.LAST_STAGE": 3},
+}
+NETWORK_LABELS = {"agw": "AGW/CAJ's network (configs/agw_*.ini, caj_*.ini)",
+                  "deen": "DEEN's SYSU-MM01/LLCM network (configs/deen_sysumm.ini, "
+                          "deen_llcm.ini)",
+                  "deen-regdb": "DEEN's RegDB network (configs/deen_regdb.ini)"}
+
+# The authors' test-time feature per source: the TEST keys set, and in words.
+TEST_KEYS: dict[str, dict[str, Any]] = {
+    "agw": {"TEST.FEAT": "bn", "TEST.NORM": True, "TEST.FLIP": False, "TEST.RERANK": False},
+    "caj": {"TEST.FEAT": "bn", "TEST.FLIP": True, "TEST.NORM_EACH": True, "TEST.NORM": True,
+            "TEST.RERANK": False},
+    "deen": {"TEST.FEAT": "pool+bn", "TEST.VIEWS": "all", "TEST.NORM_EACH": True,
+             "TEST.FLIP": True, "TEST.NORM": False, "TEST.DISTANCE": "dot",
+             "TEST.RERANK": False},
+}
+TEST_FEATURES = {
+    "agw": "the BN feature, L2-normalised, no flip (AGW's test.py)",
+    "caj": "the BN feature of the image and its mirror, each L2-normalised, averaged and "
+           "normalised again (CAJ's testa.py)",
+    "deen": "pooled and BN vectors of the 3 embeddings, each L2-normalised and added to its "
+            "mirror's, ranked by the sum of inner products (DEEN's test.py)",
+}
+
+
+def _numpy_globals() -> list[Any]:
+    """The numpy classes a released file's mAP / cmc values need, under the module
+    paths of numpy 1 (``numpy.core``, the authors') and numpy 2 (``numpy._core``)."""
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy 1
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    allowed: list[Any] = [np.ndarray, np.dtype]
+    allowed += [type(np.dtype(code)) for code in ("f2", "f4", "f8", "i4", "i8", "u1", "b1")]
+    for name in ("scalar", "_reconstruct"):
+        fn = getattr(multiarray, name)
+        allowed += [(fn, f"{root}.multiarray.{name}") for root in ("numpy.core", "numpy._core")]
+    return allowed
+
+
+def _plain(value: Any) -> Any:
+    """A released file's extra value as a plain Python value (numpy -> float/int/list)."""
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return f"<{type(value).__name__}>"  # e.g. an optimizer state: noted, not kept
+
+
+def read_released(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The network's state dict and the other entries of a released checkpoint.
+
+    Returns:
+        (net, extras): tensors by key (``module.`` stripped); extras such as
+        ``epoch``, ``mAP``, ``cmc`` as plain Python values (empty for a bare state dict).
+
+    Raises:
+        UserError: missing or unreadable file, pickled objects, no tensors found.
+    """
+    obj = load_tensor_file(path, "released checkpoint", allowed=_numpy_globals(),
+                           resave=RESAVE)
+    extras: dict[str, Any] = {}
+    if isinstance(obj, dict) and isinstance(obj.get("net"), dict):
+        extras = {str(k): _plain(v) for k, v in obj.items() if k != "net"}
+        obj = obj["net"]
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise UserError(f"{path}: expected the authors' checkpoint ({{'net': state_dict, ...}}) "
+                        "or a state dict of tensors")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}  # saved from DataParallel
+    return dict(obj), extras
+
+
+def network_of(net: dict[str, torch.Tensor]) -> str | None:
+    """Which published network a state dict holds: agw (also CAJ's), deen, deen-regdb."""
+    if any(k.startswith("DEE.") for k in net):
+        return "deen" if any(k.startswith("MFA3.") for k in net) else "deen-regdb"
+    if any(k.startswith("NL_") for k in net):
+        return "agw"
+    return None
+
+
+def _short(items: list[str]) -> str:
+    more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
+    return ", ".join(items[:_SHOWN]) + more
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def check_network(source: str, network: str, cfg: CfgNode, where: str,
+                  file: str = "the file") -> None:
+    """Refuse a config that does not build the file's published network.
+
+    Raises:
+        UserError: the file holds another source's network, or a MODEL key differs.
+    """
+    family = "deen" if network.startswith("deen") else "agw"
+    if (source == "deen") != (family == "deen"):
+        raise UserError(f"--from {source}, but {file} holds {NETWORK_LABELS[network]}: "
+                        f"use --from {'deen' if family == 'deen' else 'agw or caj'}")
+    wrong = []
+    for key, expected in NETWORKS[network].items():
+        section, name = key.split(".")
+        value = cfg[section][name]
+        if (tuple(value) if isinstance(value, list | tuple) else value) != expected:
+            wrong.append(f"{key} = {_show(value)} (expected {_show(expected)})")
+    if wrong:
+        raise UserError(f"{where} does not build {NETWORK_LABELS[network]}, which {file} "
+                        f"holds: {'; '.join(wrong)}")
+
+
+@dataclass
+class Conversion:
+    """Our model state dict filled from a published one, and what was (not) used."""
+
+    state: dict[str, torch.Tensor]
+    num_classes: int
+    network: str
+    used: int
+    unused: dict[str, int]
+    from_config: list[str] = field(default_factory=list)
+    counters_zeroed: list[str] = field(default_factory=list)
+
+
+def convert(source: str, net: dict[str, torch.Tensor], cfg: CfgNode,
+            where: str = "config", file: str = "the file") -> Conversion:
+    """Fill the state dict of the config's network from a published state dict.
+
+    Args:
+        source: agw, caj or deen.
+        net: the published state dict (as ``read_released`` returns it).
+        cfg: a config building the published network (MODEL.PRETRAIN_PATH ignored).
+        where: how to name the config in errors.
+        file: how to name the released file in errors.
+
+    Raises:
+        UserError: another network, a missing key, a shape mismatch, or a tensor the
+            config's network has no place for.
+    """
+    network = network_of(net)
+    if network is None:
+        raise UserError(f"{file} holds no published {LABELS[source]} network (no NL_* or "
+                        f"DEE.* keys; first keys: {_short(list(net))})")
+    check_network(source, network, cfg, where, file)
+    if "classifier.weight" not in net or net["classifier.weight"].dim() != 2:
+        raise UserError(f"{file} has no classifier.weight (classes x features): the number "
+                        "of classes is unknown")
+    num_classes = int(net["classifier.weight"].shape[0])
+    build_cfg = cfg.clone()
+    build_cfg.defrost()
+    build_cfg.MODEL.PRETRAIN_PATH = ""
+    build_cfg.freeze()
+    model = build_model(build_cfg, num_classes)
+    own = model.state_dict()
+    table, own_only = key_table(model)
+    extra = [k for k in own_only if k not in OWN_ONLY]
+    if extra:
+        raise UserError(f"{where}: the network has tensors the published one lacks: "
+                        f"{_short(extra)} (modality heads come from LOSS.TERMS modality_id/kl)")
+    missing = [pub for ours, pub in table.items()
+               if pub not in net and not ours.endswith("num_batches_tracked")]
+    if missing:
+        raise UserError(f"{file} lacks {len(missing)} tensor(s) of {NETWORK_LABELS[network]}: "
+                        f"{_short(missing)}")
+    shapes = [f"{pub} {tuple(net[pub].shape)} (expected {tuple(own[ours].shape)})"
+              for ours, pub in table.items() if pub in net and net[pub].shape != own[ours].shape]
+    if shapes:
+        raise UserError(f"{file}: shapes differ from {NETWORK_LABELS[network]}: "
+                        f"{_short(shapes)}")
+    used = set(table.values())
+    unused, unexpected = count_by_group([k for k in net if k not in used],
+                                        cfg.MODEL.LAST_STAGE)
+    if unexpected:
+        raise UserError(f"{file} has {len(unexpected)} tensor(s) {NETWORK_LABELS[network]} "
+                        f"has no place for: {_short(unexpected)}")
+    state = dict(own)  # OWN_ONLY entries keep the config's value (GeM's fixed p = 3)
+    zeroed = []
+    for ours, pub in table.items():
+        if pub in net:
+            state[ours] = net[pub].detach().to(own[ours].dtype).clone()
+        else:  # a file from a torch without BatchNorm batch counters
+            state[ours] = torch.zeros_like(own[ours])
+            zeroed.append(pub)
+    model.load_state_dict(state)  # strict: the table covers the network exactly
+    return Conversion(state, num_classes, network, len(used & set(net)), unused,
+                      [k for k in own_only if k in OWN_ONLY], zeroed)
+
+
+def set_test_keys(source: str, cfg: CfgNode) -> tuple[CfgNode, list[tuple[str, Any, Any]]]:
+    """``cfg`` with the source's test-time keys; returns it and the (key, old, new) changes."""
+    out = cfg.clone()
+    out.defrost()
+    changes = []
+    for key, value in TEST_KEYS[source].items():
+        section, name = key.split(".")
+        if out[section][name] != value:
+            changes.append((key, out[section][name], value))
+            out[section][name] = value
+    out.MODEL.PRETRAIN_PATH = ""
+    out.freeze()
+    return out, changes
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class ImportReport:
+    """What an import did, for the summary the tool prints."""
+
+    source: str
+    src: str
+    out: str
+    conversion: Conversion
+    tensors: int
+    extras: dict[str, Any]
+    test_changes: list[tuple[str, Any, Any]]
+
+    def lines(self) -> list[str]:
+        """The summary: what was filled, what was left unused, which test feature."""
+        c = self.conversion
+        own = ", ".join(f"{k} {self.extras[k]:.4g}" if isinstance(self.extras[k], float)
+                        else f"{k} {self.extras[k]}" for k in ("epoch", "mAP", "mINP")
+                        if k in self.extras)
+        config = f", {', '.join(c.from_config)} from the config" if c.from_config else ""
+        lines = [f"imported {LABELS[self.source]} {self.src} -> {self.out}: "
+                 f"{len(c.state)} tensors of ours, {c.used} from the file's {self.tensors}"
+                 f"{config}; {c.num_classes} classes" + (f" (file: {own})" if own else "")]
+        lines += [f"  unused, as expected: {label}: {n} tensors" for label, n in c.unused.items()]
+        if c.counters_zeroed:
+            lines.append(f"  {len(c.counters_zeroed)} BatchNorm batch counters absent from the "
+                         "file, set to 0")
+        set_text = ("; set " + ", ".join(f"{k} {_show(old)} -> {_show(new)}"
+                                         for k, old, new in self.test_changes)
+                    if self.test_changes else "; the config's TEST keys already matched")
+        lines.append(f"  test feature: {TEST_FEATURES[self.source]}{set_text}")
+        return lines
+
+
+def import_checkpoint(source: str, src: str | os.PathLike, config: str | os.PathLike,
+                      out: str | os.PathLike, overrides: list[str] | None = None
+                      ) -> ImportReport:
+    """Convert a released checkpoint into a training checkpoint of this project.
+
+    The written dict has ``model``, ``config`` (the config with ``overrides``,
+    MODEL.PRETRAIN_PATH emptied, the source's TEST keys set), ``num_classes``,
+    ``epoch`` (epochs completed: the file's 0-based ``epoch`` + 1, else 0) and
+    ``source`` (network, file, sha256, the file's own entries such as mAP).
+
+    Args:
+        source: agw, caj or deen.
+        src: the released file.
+        config: an .ini building the published network (e.g. configs/agw_sysumm.ini).
+        out: where to write the checkpoint (atomically).
+        overrides: KEY VALUE pairs applied to the config.
+
+    Raises:
+        UserError: see ``read_released``, ``check_network`` and ``convert``.
+    """
+    if source not in SOURCES:
+        raise UserError(f"--from {source}: expected one of {', '.join(SOURCES)}")
+    cfg = load_config(config, overrides or [])
+    net, extras = read_released(src)
+    conversion = convert(source, net, cfg, where=str(config), file=str(src))
+    test_cfg, changes = set_test_keys(source, cfg)
+    epoch = extras.get("epoch")
+    ckpt = {"model": conversion.state, "config": config_to_ini(test_cfg),
+            "num_classes": conversion.num_classes,
+            "epoch": int(epoch) + 1 if isinstance(epoch, int) else 0,
+            "source": {"from": source, "network": conversion.network, "file": str(src),
+                       "sha256": _sha256(Path(src)), "entries": extras,
+                       "unused": conversion.unused}}
+    atomic_torch_save(ckpt, out)
+    return ImportReport(source, str(src), str(out), conversion, len(net), extras, changes)

@@ -1,0 +1,52 @@
+"""Import a released AGW, CAJ or DEEN model as a checkpoint of this project.
+
+    python tools/import_checkpoint.py --from agw|caj|deen SRC --config CONFIG --out DST.pth
+        [KEY VALUE ...]
+
+SRC is the authors' file ({'net': state_dict, 'mAP', 'cmc', 'epoch', ...}, or a
+bare state dict); CONFIG one building their network (configs/agw_*.ini,
+caj_*.ini, deen_*.ini). DST works with test.py, and as MODEL.PRETRAIN_PATH to
+fine-tune the whole network.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.errors import cli_entry  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/import_checkpoint.py``."""
+    p = argparse.ArgumentParser(
+        prog="tools/import_checkpoint.py",
+        description="Convert a released AGW / CAJ / DEEN checkpoint into this project's "
+                    "checkpoint format (for test.py and MODEL.PRETRAIN_PATH).",
+        epilog="Overrides are KEY VALUE pairs applied to --config, e.g. DATA.TRIAL 3.")
+    p.add_argument("--from", dest="source", required=True, choices=("agw", "caj", "deen"),
+                   help="whose code wrote SRC (AGW and CAJ share one network; the test-time "
+                        "feature differs)")
+    p.add_argument("src", metavar="SRC", help="the released file")
+    p.add_argument("--config", required=True, help=".ini building the published network")
+    p.add_argument("--out", required=True, metavar="DST", help="checkpoint to write")
+    p.add_argument("overrides", nargs="*", metavar="KEY VALUE", help="configuration overrides")
+    return p
+
+
+@cli_entry
+def main() -> None:
+    """Entry point."""
+    args = build_parser().parse_intermixed_args(sys.argv[1:])
+    from engine.importer import import_checkpoint
+
+    report = import_checkpoint(args.source, args.src, args.config, args.out,
+                               list(args.overrides))
+    print("\n".join(report.lines()))
+
+
+if __name__ == "__main__":
+    main()
