@@ -32,7 +32,8 @@ def test_demo_pipeline_learns_and_draws(tmp_path, capsys):
     assert "untrained" in table and "trained" in table and "chance R1" in table
     for name, size in (("cmc.png", (600, 450)), ("training_curves.png", None),
                        ("ranked_visible-to-thermal.png", None),
-                       ("ranked_thermal-to-visible.png", None)):
+                       ("ranked_thermal-to-visible.png", None),
+                       ("embedding.png", (600, 600)), ("distances.png", (650, 450))):
         img = Image.open(res["pictures"] / name)
         assert img.format == "PNG"
         if size:

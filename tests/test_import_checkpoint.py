@@ -25,9 +25,9 @@ from published_tables import SPOT_CHECKS, agw_keys, deen_keys, expected_unused, 
 from torch import nn
 
 from engine.checkpoint import check_resume_compatible, load_checkpoint
-from engine.importer import TEST_KEYS, convert, read_released
 from engine.tester import load_model
 from modeling import build_model
+from modeling.importer import TEST_KEYS, convert, read_released
 from modeling.published import key_table
 from utils.config import config_from_ini_text, load_config
 from utils.errors import UserError

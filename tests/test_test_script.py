@@ -181,3 +181,9 @@ def test_visualize_writes_cmc_and_ranked_sheets(sysu_ckpt, tmp_path, monkeypatch
         assert sheet.size[1] == 6 + 8 * (128 + 6 + 14)
         assert sheet.size[0] <= 6 + 11 * (64 + 6) + 6
         assert f"ranked_{name}.png" in out
+    # The modality-gap pictures of the headline setting, with their figures in the results.
+    for name, size in (("embedding.png", (600, 600)), ("distances.png", (650, 450))):
+        img = Image.open(tmp_path / "pics" / name)
+        assert img.format == "PNG" and img.size == size
+        assert len(img.convert("RGB").getcolors(maxcolors=1 << 20)) > 20
+        assert name in out

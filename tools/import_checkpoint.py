@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     """Entry point."""
     args = build_parser().parse_intermixed_args(sys.argv[1:])
-    from engine.importer import import_checkpoint
+    from modeling.importer import import_checkpoint
 
     report = import_checkpoint(args.source, args.src, args.config, args.out,
                                list(args.overrides))
