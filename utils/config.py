@@ -36,6 +36,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "LOSS.TRIPLET_MINING": ("all", "cross"),
     "LOSS.METRIC_FEAT": ("pool", "bn"),
     "TRAIN.SELECT": ("last", "val", "test"),
+    "TRAIN.AMP_DTYPE": ("auto", "bf16", "fp16"),
     "TEST.FEAT": ("bn", "pool"),
     "TEST.DISTANCE": ("euclidean", "cosine"),
     "TEST.GALLERY": ("auto", "official", "random"),
