@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean-demo
+.PHONY: test demo bench lint clean-demo gpu-check
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,3 +26,9 @@ bench: $(STAMP)
 
 clean-demo:
 	rm -rf output/demo
+
+# The CUDA path, proved and measured on a GPU machine with the python3 that holds its
+# torch (no .venv; yacs on PYTHONPATH, see the README's "GPU check").
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) tools/gpu_check.py --output gpu_check.json

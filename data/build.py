@@ -8,6 +8,12 @@ position in the list the loader was built on; training batches also hold
 loader normalises each batch (and applies the float augmentations) where it
 arrives: in this process, or on ``device`` when one is given, so that only
 uint8 pixels cross process boundaries and the PCIe bus.
+
+A worker loads a whole batch per request (the image sets are indexed by a list
+of keys) and returns it already stacked: one uint8 tensor in shared memory and
+the labels as small NumPy arrays, which travel inside the message. Passing a
+batch between processes thus shares one block of memory instead of one per
+field, and no per-sample dicts are collated.
 """
 from __future__ import annotations
 
@@ -16,7 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    SequentialSampler,
+    default_collate,
+)
 from yacs.config import CfgNode
 
 from data.base import ImageRecord, VIReIDDataset
@@ -38,12 +50,33 @@ def sample_seeds(seed: int, epoch: int, rank: int, step: int, n: int,
     return np.random.SeedSequence(entropy).generate_state(n, dtype=np.uint64).tolist()
 
 
-class TrainImageSet(Dataset):
-    """Training images; ``dataset[(index, sample_seed, part)]`` augments record
-    ``index`` with that seed, as the given part (PART_PLAIN or PART_COPY).
+def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, 3, H, W) uint8 batch of (3, H, W) images; in shared memory inside a loader worker,
+    so that handing it to the main process copies nothing."""
+    return default_collate(list(images))
 
-    Items hold the uint8 half of the augmentation (``img`` (3, H, W) uint8 and
-    its ``aug`` parameters); ``TrainTransform.finish`` completes a batch.
+
+def _labels(records: Sequence[ImageRecord], indices: Sequence[int]) -> dict[str, np.ndarray]:
+    """(B,) int64 ``pid``, ``cam``, ``modality`` and ``index`` of a batch's records."""
+    rows = [(records[i].pid, records[i].cam, records[i].modality, i) for i in indices]
+    table = np.array(rows, dtype=np.int64).reshape(len(rows), 4)
+    return {name: np.ascontiguousarray(table[:, j])
+            for j, name in enumerate(("pid", "cam", "modality", "index"))}
+
+
+def _keep(batch: dict[str, Any]) -> dict[str, Any]:
+    """The loader's collate function: a batch arrives already stacked."""
+    return batch
+
+
+class TrainImageSet(Dataset):
+    """Training images; ``dataset[keys]`` loads one batch, key ``(index, sample_seed, part)``
+    augmenting record ``index`` with that seed, as the given part (PART_PLAIN or PART_COPY).
+
+    A batch holds the uint8 half of the augmentation: ``img`` (B, 3, H, W) uint8
+    and ``aug`` (B, 5) int64 parameters, with the labels ``pid``, ``cam``,
+    ``modality``, ``index`` and ``part`` as (B,) int64 arrays;
+    ``TrainTransform.finish`` completes it.
 
     Args:
         records: training records.
@@ -68,18 +101,23 @@ class TrainImageSet(Dataset):
             return self.store[index]
         return load_image(self.records[index].path, self.transform.size, self.resize)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
-        index, sample_seed, part = key
-        rec = self.records[index]
-        rng = np.random.default_rng(sample_seed)
-        img, params = self.transform.sample(self.image(index), rec.modality, rng, part)
-        return {"img": img, "aug": params, "pid": rec.pid, "cam": rec.cam,
-                "modality": rec.modality, "index": index, "part": part}
+    def __getitem__(self, keys: Sequence[tuple[int, int, int]]) -> dict[str, Any]:
+        images, params = [], []
+        for index, sample_seed, part in keys:
+            rng = np.random.default_rng(sample_seed)
+            img, aug = self.transform.sample(self.image(index), self.records[index].modality,
+                                             rng, part)
+            images.append(img)
+            params.append(aug.numpy())
+        indices = [k[0] for k in keys]
+        return {"img": stack_images(images), "aug": np.stack(params),
+                **_labels(self.records, indices),
+                "part": np.array([k[2] for k in keys], dtype=np.int64)}
 
 
 class EvalImageSet(Dataset):
-    """Test images in record order, resized to SIZE_TEST with ``resize``; ``img``
-    (3, H, W) uint8."""
+    """Test images in record order, resized to SIZE_TEST with ``resize``; ``dataset[indices]``
+    loads one batch: ``img`` (B, 3, H, W) uint8 and the labels as (B,) int64 arrays."""
 
     def __init__(self, records: Sequence[ImageRecord], size: tuple[int, int],
                  transform: EvalTransform, store: DecodedStore | None = None,
@@ -93,12 +131,13 @@ class EvalImageSet(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rec = self.records[index]
-        raw = self.store[index] if self.store is not None \
-            else load_image(rec.path, self.size, self.resize)
-        return {"img": self.transform.sample(raw), "pid": rec.pid, "cam": rec.cam,
-                "modality": rec.modality, "index": index}
+    def __getitem__(self, indices: Sequence[int]) -> dict[str, Any]:
+        images = []
+        for index in indices:
+            raw = self.store[index] if self.store is not None \
+                else load_image(self.records[index].path, self.size, self.resize)
+            images.append(self.transform.sample(raw))
+        return {"img": stack_images(images), **_labels(self.records, indices)}
 
 
 class SeededBatches:
@@ -182,6 +221,8 @@ class _Finish:
         self.transform, self.device = transform, device
 
     def __call__(self, batch: dict) -> dict:
+        batch = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                 for k, v in batch.items()}
         imgs = batch["img"]
         if self.device is not None:
             imgs = imgs.to(self.device, non_blocking=True)
@@ -223,8 +264,8 @@ def make_train_loader(cfg: CfgNode, dataset: VIReIDDataset, rank: int | None = N
     modalities = [r.modality for r in dataset.train] if cfg.DATA.VISIBLE_COPY else None
     device = None if device is None else torch.device(device)
     loader = VIReIDLoader(images, _Finish(transform, device),
-                          batch_sampler=SeededBatches(sampler, modalities),
-                          **_loader_kwargs(cfg, device))
+                          sampler=SeededBatches(sampler, modalities), batch_size=None,
+                          collate_fn=_keep, **_loader_kwargs(cfg, device))
     return loader, sampler
 
 
@@ -248,6 +289,7 @@ def make_test_loader(cfg: CfgNode, records: Sequence[ImageRecord], flip: bool = 
     transform = EvalTransform(cfg, flip)
     images = EvalImageSet(records, size, transform, store, cfg.DATA.RESIZE)
     device = None if device is None else torch.device(device)
-    return VIReIDLoader(images, _Finish(transform, device),
-                        batch_size=cfg.DATA.TEST_BATCH_SIZE, shuffle=False,
-                        **_loader_kwargs(cfg, device))
+    batches = BatchSampler(SequentialSampler(range(len(records))), cfg.DATA.TEST_BATCH_SIZE,
+                           drop_last=False)
+    return VIReIDLoader(images, _Finish(transform, device), sampler=batches, batch_size=None,
+                        collate_fn=_keep, **_loader_kwargs(cfg, device))

@@ -1,8 +1,10 @@
 """Device choice and the few collective operations training needs.
 
-A run started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) trains
-with DistributedDataParallel: NCCL on CUDA, gloo on the CPU. A plain
-``python train_x.py`` run is the one-process case of the same code.
+A run started by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT`` in the environment) trains with DistributedDataParallel: NCCL
+on CUDA, gloo on the CPU, SyncBatchNorm when asked for, with any number of
+processes (``--nproc_per_node=1`` runs that same path on one GPU). A plain
+``python train_x.py`` run has no process group.
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from utils.errors import UserError
 # Rank 0 evaluates while the other ranks wait at a barrier: allow for a long test.
 _TIMEOUT = datetime.timedelta(hours=3)
 
+# What torchrun sets and env:// initialisation reads.
+_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -29,6 +34,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun (or another env:// launcher)
 
     @property
     def is_main(self) -> bool:
@@ -36,7 +42,8 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether the run trains in a process group (DDP), even of one process."""
+        return self.launched or self.world_size > 1
 
 
 def _env_int(name: str, default: int) -> int:
@@ -89,14 +96,16 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device]:
     """Join the process group when started by torchrun; pick this process's device.
 
     Returns:
-        (info, device). A single process gets ``DistInfo()`` and no process group.
+        (info, device). A process not started by a launcher gets ``DistInfo()`` and
+        no process group.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
+    launched = all(os.environ.get(k) for k in _LAUNCH_VARIABLES)
     device = resolve_device(cfg, local_rank)
-    info = DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    info = DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, launched=launched)
+    if info.enabled and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -108,6 +117,13 @@ def shutdown_distributed() -> None:
     """Leave the process group, if any."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def process_group() -> str:
+    """`` (nccl)`` / `` (gloo)`` when this process is in a process group, else empty."""
+    if dist.is_available() and dist.is_initialized():
+        return f" ({dist.get_backend()})"
+    return ""
 
 
 def barrier() -> None:

@@ -13,20 +13,22 @@ from data.build import make_test_loader
 from engine.runtime import amp_dtype
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def _autocast(device: torch.device, enabled: bool, choice: str
+              ) -> contextlib.AbstractContextManager:
     if device.type != "cuda" or not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=amp_dtype())
+    return torch.autocast(device_type="cuda", dtype=amp_dtype(choice))
 
 
 def extract_features(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
                      num_images: int, device: torch.device, flip: bool = False,
-                     amp: bool = True, channels_last: bool = True) -> torch.Tensor:
+                     amp: bool = True, channels_last: bool = True,
+                     amp_type: str = "auto") -> torch.Tensor:
     """Eval-mode features of every image a test loader yields.
 
-    Runs under ``torch.inference_mode()``; on CUDA with autocast (bf16 where
-    supported, else fp16) when ``amp`` and channels_last inputs when
-    ``channels_last``. The model's training flag is restored afterwards.
+    Runs under ``torch.inference_mode()``; on CUDA with autocast of type
+    ``amp_type`` (a TRAIN.AMP_DTYPE value) when ``amp`` and channels_last
+    inputs when ``channels_last``. The model's training flag is restored afterwards.
 
     Args:
         model: returns (B, D) features from ``model(img, modality)`` in eval mode.
@@ -44,7 +46,7 @@ def extract_features(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]]
     feats: torch.Tensor | None = None
     seen = torch.zeros(num_images, dtype=torch.bool)
     try:
-        with torch.inference_mode(), _autocast(device, amp):
+        with torch.inference_mode(), _autocast(device, amp, amp_type):
             for batch in loader:
                 img = batch["img"].to(device, non_blocking=True)
                 if channels_last and device.type == "cuda":
@@ -72,7 +74,7 @@ def extract_record_features(cfg: CfgNode, model: nn.Module, records: Sequence[Im
                             device: torch.device, name: str = "test") -> torch.Tensor:
     """Features of ``records`` through ``data.build.make_test_loader``.
 
-    TEST.FLIP applies; TRAIN.AMP and TRAIN.CHANNELS_LAST apply on CUDA.
+    TEST.FLIP applies; TRAIN.AMP, TRAIN.AMP_DTYPE and TRAIN.CHANNELS_LAST apply on CUDA.
     ``name`` labels the record list (decoded-cache file name, messages).
 
     Returns:
@@ -80,4 +82,5 @@ def extract_record_features(cfg: CfgNode, model: nn.Module, records: Sequence[Im
     """
     loader = make_test_loader(cfg, list(records), split=name)
     return extract_features(model, loader, len(records), device, flip=cfg.TEST.FLIP,
-                            amp=cfg.TRAIN.AMP, channels_last=cfg.TRAIN.CHANNELS_LAST)
+                            amp=cfg.TRAIN.AMP, channels_last=cfg.TRAIN.CHANNELS_LAST,
+                            amp_type=cfg.TRAIN.AMP_DTYPE)

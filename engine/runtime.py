@@ -10,6 +10,10 @@ import torch
 from yacs.config import CfgNode
 
 from engine.checkpoint import capture_rng_state, restore_rng_state
+from utils.errors import UserError
+
+# TRAIN.AMP_DTYPE values other than auto.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -39,13 +43,27 @@ def preserved_rng() -> Iterator[None]:
         restore_rng_state(state)
 
 
-def amp_dtype() -> torch.dtype:
-    """The mixed-precision type on CUDA: bf16 where the GPU supports it, else fp16."""
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def amp_dtype(choice: str = "auto") -> torch.dtype:
+    """The autocast type of TRAIN.AMP_DTYPE on the current CUDA device.
+
+    ``auto`` is bf16 where the GPU computes it natively (compute capability 8.0
+    and later), else fp16; older GPUs only emulate bf16, slowly.
+
+    Raises:
+        UserError: ``bf16`` asked for on a GPU without native bf16.
+    """
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    if choice == "auto":
+        return torch.bfloat16 if native else torch.float16
+    if choice == "bf16" and not native:
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "this machine"
+        raise UserError(f"TRAIN.AMP_DTYPE = bf16 but {gpu} has no native bfloat16 (a GPU of "
+                        "compute capability 8.0 or later); use auto or fp16")
+    return AMP_DTYPES[choice]
 
 
 def amp_settings(cfg: CfgNode, device: torch.device) -> tuple[bool, torch.dtype]:
-    """(enabled, dtype) of autocast: TRAIN.AMP on CUDA, with :func:`amp_dtype`."""
+    """(enabled, dtype) of autocast: TRAIN.AMP on CUDA, TRAIN.AMP_DTYPE by :func:`amp_dtype`."""
     if device.type != "cuda" or not cfg.TRAIN.AMP:
         return False, torch.float32
-    return True, amp_dtype()
+    return True, amp_dtype(cfg.TRAIN.AMP_DTYPE)

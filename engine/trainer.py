@@ -3,8 +3,8 @@
 One epoch is: ``sampler.set_epoch``; for every batch, forward ``model(img,
 modality)``, the criterion's dict of weighted loss terms, their sum, backward,
 optimizer step, scheduler step (per iteration). CUDA runs use automatic mixed
-precision (bf16 where supported, else fp16 with a grad scaler) and
-channels_last; CPU runs are fp32 through the same code.
+precision (TRAIN.AMP_DTYPE: bf16 where the GPU has it, else fp16 with a grad
+scaler) and channels_last; CPU runs are fp32 through the same code.
 
 Model selection (``TRAIN.SELECT``): ``last`` keeps the final epoch; ``val``
 keeps the best epoch on held-out ids; ``test`` keeps the best epoch on the test
@@ -36,6 +36,7 @@ from engine.distributed import (
     all_reduce_mean,
     barrier,
     broadcast_object,
+    process_group,
     synchronize_module,
     unwrap,
 )
@@ -393,7 +394,7 @@ class Trainer:
         precision = str(self.amp_dtype).removeprefix("torch.") if self.amp else "float32"
         self.log.info(
             f"training {self.cfg.MODEL.NAME} ({params:.2f} M parameters) on {self.device} "
-            f"x{self.info.world_size}, {precision}, {self.num_classes} classes, "
+            f"x{self.info.world_size}{process_group()}, {precision}, {self.num_classes} classes, "
             f"{self.iters_per_epoch} iterations/epoch, {self.cfg.TRAIN.MAX_EPOCHS} epochs, "
             f"selection: {self.select}"
             + (" (selected on the test set)" if self.select == "test" else "")

@@ -41,6 +41,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "TEST.DISTANCE": ("euclidean", "cosine", "dot"),
     "LOSS.WRT_FORM": ("exact", "published"),
     "TRAIN.INSERTED_LR": ("new", "backbone"),
+    "TRAIN.AMP_DTYPE": ("auto", "bf16", "fp16"),
     "TEST.GALLERY": ("auto", "official", "random"),
 }
 

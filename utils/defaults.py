@@ -213,8 +213,10 @@ DEFAULTS.TRAIN.EVAL_PERIOD = 10
 DEFAULTS.TRAIN.LOG_PERIOD = 50
 # Model selection: last (final epoch), val (best epoch on the validation split: DATA.VAL_IDS) or test (best epoch on the test set; labelled as such).
 DEFAULTS.TRAIN.SELECT = "last"
-# Automatic mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); ignored on CPU.
+# Automatic mixed precision on CUDA (type: AMP_DTYPE); ignored on CPU.
 DEFAULTS.TRAIN.AMP = True
+# Mixed-precision type: auto (bf16 where the GPU computes it natively, else fp16), bf16, or fp16 (trained with a grad scaler).
+DEFAULTS.TRAIN.AMP_DTYPE = "auto"
 # channels_last memory format on CUDA; ignored on CPU.
 DEFAULTS.TRAIN.CHANNELS_LAST = True
 # Convert BatchNorm to SyncBatchNorm in multi-GPU runs; ignored on CPU and in single-process runs.
