@@ -11,6 +11,7 @@ from yacs.config import CfgNode
 from data.base import ImageRecord
 from data.build import make_test_loader
 from engine.runtime import amp_dtype
+from utils.errors import UserError
 
 
 def _autocast(device: torch.device, enabled: bool, choice: str
@@ -67,6 +68,13 @@ def extract_features(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]]
         missing = int((~seen).sum())
         raise RuntimeError(f"the test loader yielded no feature for {missing} of "
                            f"{num_images} images")
+    bad = int((~torch.isfinite(feats).all(dim=1)).sum())
+    if bad:
+        # Untrained or barely trained networks overflow in eval mode (BN statistics that
+        # have not settled); a diverged run does too. Either way no ranking is possible.
+        raise UserError(f"the model gives non-finite features (inf or NaN) for {bad} of "
+                        f"{num_images} test images: it overflows in eval mode, as a network "
+                        "trained for a few steps from random weights or a diverged run does")
     return feats
 
 

@@ -247,6 +247,10 @@ def test_extract_features_places_rows_by_index_and_flip_averages():
                                + 1)
     with pytest.raises(RuntimeError, match="no feature for 1 of 8"):
         extract_features(model, batches, 8, torch.device("cpu"))
+    with torch.no_grad():
+        model.scale.fill_(float("inf"))  # an overflowing network: one plain line, no ranking
+    with pytest.raises(UserError, match="non-finite features .* for 7 of 7 test images"):
+        extract_features(model, batches, 7, torch.device("cpu"))
 
 
 def test_pairwise_distances():
