@@ -133,6 +133,12 @@ def _published_weighted_distances(dist: torch.Tensor, pos: torch.Tensor, neg: to
     return far_pos, close_neg
 
 
+def _soft_margin(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``mean log(1 + exp(-y x))`` (SoftMarginLoss), evaluated as a softplus: the same
+    values where the direct formula is finite, and finite where it overflows."""
+    return F.softplus(-y * x).mean()
+
+
 def adaptive_triplet_adp(dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                          alpha: float = 1.0, gamma: float = 1.0,
                          square: bool = True) -> torch.Tensor:
@@ -158,11 +164,11 @@ def adaptive_triplet_adp(dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tenso
     """
     far_pos, close_neg = _published_weighted_distances(dist, pos, neg, alpha)
     if not square:
-        return F.soft_margin_loss(gamma * (close_neg - far_pos), torch.ones_like(far_pos))
+        return _soft_margin(gamma * (close_neg - far_pos), torch.ones_like(far_pos))
     diff = (gamma * (far_pos - close_neg).pow(2)).clamp(max=88.0)
     violated = (far_pos > close_neg).to(diff.dtype)
     sign = 1.0 - 2.0 * violated  # -1 where p > n: a violation costs log(1 + exp(diff))
-    return F.soft_margin_loss(diff, sign)
+    return _soft_margin(diff, sign)
 
 
 def weighted_regularized_triplet_published(dist: torch.Tensor, pos: torch.Tensor,
@@ -177,8 +183,10 @@ def weighted_regularized_triplet_published(dist: torch.Tensor, pos: torch.Tensor
     and 15 away, the two losses differ by about 1e-7, 1e-6, 1e-4, 1e-3 and 0.3.
     Beyond about 30 the soft-min negative is ~0, the loss becomes
     ``softplus(p)`` and no longer pushes negatives away. The soft margin is
-    evaluated as ``log(1 + exp(.))``: inf (NaN gradient) once ``p - n`` exceeds
-    about 88.7 in float32. Every anchor counts, as in ``adaptive_triplet_adp``.
+    evaluated as a softplus: the published ``log(1 + exp(.))`` gives inf (and NaN
+    gradients) once ``p - n`` exceeds about 88.7 in float32, as the distances of
+    features from random weights do; this stays finite there and equals it
+    elsewhere. Every anchor counts, as in ``adaptive_triplet_adp``.
 
     Args:
         dist: (B, B) distances.
