@@ -71,7 +71,7 @@ def main() -> int:
                  "and logging vs a bare loop on tensors in memory)\n",
                  bench_train.markdown(train), ""]
     print("learning guard ...", flush=True)
-    guard = bench_learning.compare(seeds=2 if args.quick else 3, epochs=2 if args.quick else 8)
+    guard = bench_learning.compare(seeds=2 if args.quick else 8, epochs=2 if args.quick else 8)
     sections += ["## Learning guard (the engine vs a bare loop of the same recipe, synthetic "
                  "RegDB, 30 training ids, 128x64)\n", bench_learning.markdown(guard), ""]
     print("paper recipes ...", flush=True)

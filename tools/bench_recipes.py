@@ -11,6 +11,11 @@ then 1 after layer2 and 1 after layer3, as ResNet-18 stages have 2 blocks),
 and sample std of R1 visible->thermal (trial 1) over ``--seeds`` seeds.
 
     python tools/bench_recipes.py [--seeds 2] [--steps 300] [--recipes deen_regdb agw_regdb]
+                                  [--set KEY VALUE ...]
+
+``--set KEY VALUE`` (repeatable) changes every recipe before it is reduced, an
+ablation: ``--set TRAIN.STEPS "20, 50" --set TRAIN.MAX_EPOCHS 81`` gives DEEN
+AGW's schedule, which is then scaled like any other.
 """
 from __future__ import annotations
 
@@ -36,9 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 ITERS = 15  # steps per (reduced) epoch
 
 
-def reduced(name: str, root: Path, out: Path, seed: int, steps: int) -> Any:
-    """The recipe ``name`` at reduced size, its schedule scaled to ``steps`` steps."""
-    full = load_config(REPO / "configs" / f"{name}.ini", ["MODEL.PRETRAIN_PATH", ""])
+def reduced(name: str, root: Path, out: Path, seed: int, steps: int,
+            extra: list[str] | None = None) -> Any:
+    """The recipe ``name`` (changed by ``extra`` KEY VALUE pairs) at reduced size, its
+    schedule scaled to ``steps`` steps."""
+    base = ["MODEL.PRETRAIN_PATH", "", *(extra or [])]
+    full = load_config(REPO / "configs" / f"{name}.ini", base)
     epochs = max(2, round(steps / ITERS))
     scale = epochs / full.TRAIN.MAX_EPOCHS
     milestones = sorted({max(1, round(s * scale)) for s in full.TRAIN.STEPS} - {epochs})
@@ -54,11 +62,11 @@ def reduced(name: str, root: Path, out: Path, seed: int, steps: int) -> Any:
         "TRAIN.OUTPUT_PATH", str(out)]
     if any(full.MODEL.NON_LOCAL_BLOCKS):
         overrides += ["MODEL.NON_LOCAL_BLOCKS", "0, 1, 1, 0"]
-    return load_config(REPO / "configs" / f"{name}.ini", ["MODEL.PRETRAIN_PATH", "",
-                                                          *overrides])
+    return load_config(REPO / "configs" / f"{name}.ini", [*base, *overrides])
 
 
-def compare(recipes: list[str], seeds: int = 2, steps: int = 300) -> dict[str, Any]:
+def compare(recipes: list[str], seeds: int = 2, steps: int = 300,
+            extra: list[str] | None = None) -> dict[str, Any]:
     """R1 per seed, mean, std and seconds of every recipe."""
     from tools.make_synthetic_data import make_regdb
 
@@ -70,7 +78,7 @@ def compare(recipes: list[str], seeds: int = 2, steps: int = 300) -> dict[str, A
                           num_train=120)
         for seed in range(seeds):
             for name in recipes:
-                cfg = reduced(name, root, tmp / f"{name}_{seed}", seed, steps)
+                cfg = reduced(name, root, tmp / f"{name}_{seed}", seed, steps, extra)
                 start = time.perf_counter()
                 res = train_and_test(cfg, None, DistInfo(), torch.device("cpu"))
                 out[name]["seconds"] += time.perf_counter() - start
@@ -102,8 +110,11 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--recipes", nargs="+", default=["deen_regdb", "agw_regdb"])
+    parser.add_argument("--set", nargs=2, action="append", default=[],
+                        metavar=("KEY", "VALUE"),
+                        help="change every recipe before the reduction (repeatable)")
     args = parser.parse_args()
-    res = compare(args.recipes, args.seeds, args.steps)
+    res = compare(args.recipes, args.seeds, args.steps, [v for kv in args.set for v in kv])
     print(markdown(res, args.recipes))
     return 0
 
