@@ -191,6 +191,7 @@ def assemble(cfg: CfgNode, dataset_name: str, split: str, info: dict[str, Any],
     rerank = ({"k1": cfg.TEST.RERANK_K1, "k2": cfg.TEST.RERANK_K2,
                "lambda": cfg.TEST.RERANK_LAMBDA} if cfg.TEST.RERANK else False)
     protocol = {**info, "feature": test.FEAT, "views": test.VIEWS, "norm_each": test.NORM_EACH,
+                "part_weights": list(test.PART_WEIGHTS),
                 "norm": test.NORM, "distance": test.DISTANCE, "flip": test.FLIP,
                 "rerank": rerank, "max_rank": test.MAX_RANK}
     results = {"dataset": dataset_name, "split": split, "protocol": protocol,
@@ -206,6 +207,8 @@ def describe_protocol(results: dict[str, Any]) -> str:
     parts = [f"{results['dataset']} {results['split']}: feature {p['feature']}"
              + (f" of {p['views']} embeddings" if p.get("views") else ""),
              *(["each part L2-normalised"] if p.get("norm_each") else []),
+             *(["pooled / BN parts weighted " + " / ".join(f"{w:g}" for w in p["part_weights"])]
+               if p.get("part_weights", [1.0, 1.0]) != [1.0, 1.0] else []),
              "L2-normalised" if p["norm"] else "not normalised", f"{p['distance']} distance",
              f"flip {'yes' if p['flip'] else 'no'}",
              (f"re-ranking k1={rerank['k1']} k2={rerank['k2']} lambda={rerank['lambda']}"

@@ -45,7 +45,8 @@ def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
     model = VIReIDNet(stages, cfg.MODEL.SHARED_FROM, feature_width(cfg, backbone),
                       num_classes, pool, fc_bias=cfg.MODEL.FC_BIAS,
                       head_dim=cfg.MODEL.HEAD_DIM if with_heads else None,
-                      test_feat=EvalFeature(cfg.TEST.FEAT, cfg.TEST.VIEWS, cfg.TEST.NORM_EACH),
+                      test_feat=EvalFeature(cfg.TEST.FEAT, cfg.TEST.VIEWS, cfg.TEST.NORM_EACH,
+                                            tuple(cfg.TEST.PART_WEIGHTS)),
                       views=1 + cfg.MODEL.DEE_BRANCHES, neck_init_std=cfg.MODEL.NECK_INIT_STD)
     if warm is not None:
         load_whole_model(model, warm, path)

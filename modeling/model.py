@@ -54,17 +54,21 @@ class ModalityHeads(nn.Module):
 
 @dataclass(frozen=True)
 class EvalFeature:
-    """What the network returns in eval mode (TEST.FEAT, TEST.VIEWS, TEST.NORM_EACH).
+    """What the network returns in eval mode (TEST.FEAT, TEST.VIEWS, TEST.NORM_EACH,
+    TEST.PART_WEIGHTS).
 
     Attributes:
         kind: ``bn`` (post-BNNeck), ``pool`` (pre-BN) or ``pool+bn`` (both, concatenated).
         views: ``all`` embeddings of an expanded network, concatenated, or the ``original``.
         norm_each: L2-normalise every part before concatenating.
+        weights: (pooled, BN) weights of ``pool+bn`` parts' inner products: each part is
+            multiplied by the square root of its weight.
     """
 
     kind: str = "bn"
     views: str = "all"
     norm_each: bool = False
+    weights: tuple[float, float] = (1.0, 1.0)
 
 
 class VIReIDNet(nn.Module):
@@ -168,6 +172,9 @@ class VIReIDNet(nn.Module):
         parts = [f[v * batch:(v + 1) * batch] for v in range(views) for f in kinds]
         if spec.norm_each:
             parts = [F.normalize(p, dim=1) for p in parts]
+        if spec.kind == "pool+bn" and tuple(spec.weights) != (1.0, 1.0):
+            scale = [w ** 0.5 for w in spec.weights] * views
+            parts = [p * s for p, s in zip(parts, scale, strict=True)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def named_parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:

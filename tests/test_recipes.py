@@ -239,3 +239,29 @@ def test_deen_trains_and_tests_end_to_end(dataset, regdb_root, sysu_root, llcm_r
     assert head["setting"] == data.DATASETS[dataset].headline and 0 <= head["R1"] <= 100
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2 and "loss_cpm" in metrics[0] and "loss_orth" in metrics[0]
+
+
+def test_part_weights_weigh_pooled_and_bn_inner_products():
+    torch.manual_seed(0)
+    model = build_model(deen_small("deen_sysumm", "TEST.PART_WEIGHTS", "0.1, 0.9"), 4).eval()
+    assert model.test_feat.weights == (0.1, 0.9)
+    img, mod = torch.randn(3, 3, 64, 32), torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        weighted = model(img, mod)
+        model.test_feat = type(model.test_feat)("pool+bn", "all", True)
+        plain = model(img, mod)
+    parts = plain.split(512, dim=1)  # pool, bn of each of the 3 embeddings
+    expected = sum(w * p @ p.T for w, p in zip([0.1, 0.9] * 3, parts, strict=True))
+    # DEEN's distmat8: 0.1 x the pooled parts' inner products + 0.9 x the BN parts'.
+    torch.testing.assert_close(weighted @ weighted.T, expected)
+    torch.testing.assert_close(plain @ plain.T, sum(p @ p.T for p in parts))
+
+
+def test_part_weights_are_checked():
+    with pytest.raises(UserError, match=r"TEST.PART_WEIGHTS = 0.1, 0.9 weighs the parts of "
+                                        r"TEST.FEAT pool\+bn; TEST.FEAT is bn"):
+        config("agw_regdb", "TEST.PART_WEIGHTS", "0.1, 0.9")
+    for bad in ("1, 1, 1", "-0.5, 1", "0, 0"):
+        with pytest.raises(UserError, match="TEST.PART_WEIGHTS = .* must be 2 non-negative "
+                                            "numbers, not both 0"):
+            config("deen_regdb", "TEST.PART_WEIGHTS", bad)

@@ -187,3 +187,29 @@ def test_visualize_writes_cmc_and_ranked_sheets(sysu_ckpt, tmp_path, monkeypatch
         assert img.format == "PNG" and img.size == size
         assert len(img.convert("RGB").getcolors(maxcolors=1 << 20)) > 20
         assert name in out
+
+
+def test_part_weights_from_the_command_line_are_applied_and_recorded(regdb_root, tmp_path,
+                                                                     monkeypatch, capsys):
+    ckpt = save_checkpoint(tmp_path / "regdb.pth", "regdb", regdb_root, "TEST.FEAT", "pool+bn",
+                           "TEST.NORM_EACH", "yes", "TEST.NORM", "no", "TEST.DISTANCE", "dot")
+    results, feats = {}, {}
+    for weights in ("1, 1", "0.1, 0.9"):
+        out_json, npz = tmp_path / f"{weights}.json", tmp_path / f"{weights}.npz"
+        code, out, err = run(monkeypatch, capsys, "--model_path", str(ckpt), "--output",
+                             str(out_json), "--save_features", str(npz),
+                             "TEST.PART_WEIGHTS", weights)
+        assert code == 0, err
+        results[weights] = json.loads(out_json.read_text())
+        feats[weights] = np.load(npz)["visible_feat"]
+    assert results["1, 1"]["protocol"]["part_weights"] == [1.0, 1.0]
+    assert results["0.1, 0.9"]["protocol"]["part_weights"] == [0.1, 0.9]
+    assert "pooled / BN parts weighted 0.1 / 0.9" in out
+    # Each normalised part (pooled, BN; 512-d each) is scaled by the square root of its
+    # weight, so the inner products are weighted 0.1 / 0.9.
+    plain, weighted = feats["1, 1"], feats["0.1, 0.9"]
+    assert plain.shape == weighted.shape == (32, 1024)
+    np.testing.assert_allclose(weighted[:, :512], np.sqrt(0.1) * plain[:, :512], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(weighted[:, 512:], np.sqrt(0.9) * plain[:, 512:], rtol=1e-5,
+                               atol=1e-6)

@@ -263,6 +263,13 @@ def _check(cfg: CfgNode, where: str) -> None:
     if last < 4 and m.NON_LOCAL_BLOCKS[3]:
         raise UserError(f"{where}: MODEL.NON_LOCAL_BLOCKS puts blocks in layer4, which "
                         "MODEL.LAST_STAGE = 3 leaves out")
+    weights = tuple(cfg.TEST.PART_WEIGHTS)
+    if len(weights) != 2 or min(weights) < 0 or not any(weights):
+        raise UserError(f"{where}: TEST.PART_WEIGHTS = {format_value(weights)} must be 2 "
+                        "non-negative numbers, not both 0: the pooled and the BN parts' weights")
+    if weights != (1.0, 1.0) and cfg.TEST.FEAT != "pool+bn":
+        raise UserError(f"{where}: TEST.PART_WEIGHTS = {format_value(weights)} weighs the parts "
+                        f"of TEST.FEAT pool+bn; TEST.FEAT is {cfg.TEST.FEAT}")
     if len(cfg.DATA.RE_FILL) != 3:
         raise UserError(f"{where}: DATA.RE_FILL must be 3 numbers: the R, G, B fill in "
                         f"normalised space")

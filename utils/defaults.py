@@ -227,6 +227,8 @@ DEFAULTS.TEST = CN()
 DEFAULTS.TEST.FEAT = "bn"
 # Which embeddings of an expanded model (MODEL.DEE_BRANCHES) form the feature: all (concatenated, DEEN) or original.
 DEFAULTS.TEST.VIEWS = "all"
+# With FEAT pool+bn: weights of the pooled and the BN parts' inner products in the similarity (each part is scaled by the weight's square root after NORM_EACH). DEEN's code reports 1, 1 (distmat7) and also prints 0.1, 0.9 (distmat8).
+DEFAULTS.TEST.PART_WEIGHTS = (1.0, 1.0)
 # L2-normalise every part (each embedding's pool / bn vector, and the flipped image's) before they are averaged and concatenated (CAJ, DEEN).
 DEFAULTS.TEST.NORM_EACH = False
 # L2-normalise features before computing distances.
