@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -50,48 +51,23 @@ class IdentityLoss(nn.Module):
         return F.cross_entropy(outputs["logits"].float(), pid, label_smoothing=self.label_smooth)
 
 
-class TripletTerm(nn.Module):
-    """Batch-hard triplet loss on ``outputs[feat_key]`` (see ``layers.metric``)."""
+class MetricTerm(nn.Module):
+    """A metric loss on ``outputs[feat_key]``: ``loss(dist, pos, neg)`` over the batch's
+    pairwise distances and the positive / negative masks of ``mining`` (``layers.metric``).
 
-    def __init__(self, margin: float, distance: str, mining: str, feat_key: str) -> None:
+    Batch-hard triplet, AGW's WRT (exact or published) and CAJ's ADP are all of this form.
+    """
+
+    def __init__(self, distance: str, mining: str, feat_key: str,
+                 loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+                 ) -> None:
         super().__init__()
-        self.margin, self.distance, self.mining, self.feat_key = margin, distance, mining, feat_key
-
-    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        dist = batch_distance(outputs[self.feat_key], self.distance)
-        pos, neg = mining_masks(pid, modality, self.mining)
-        return batch_hard_triplet(dist, pos, neg, self.margin)
-
-
-class WRTTerm(nn.Module):
-    """AGW's weighted regularized triplet on ``outputs[feat_key]``: ``exact`` soft weights
-    or AGW's ``published`` ones (LOSS.WRT_FORM)."""
-
-    def __init__(self, distance: str, mining: str, feat_key: str, form: str) -> None:
-        super().__init__()
-        self.distance, self.mining, self.feat_key = distance, mining, feat_key
-        self.loss = (weighted_regularized_triplet if form == "exact"
-                     else weighted_regularized_triplet_published)
+        self.distance, self.mining, self.feat_key, self.loss = distance, mining, feat_key, loss
 
     def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         dist = batch_distance(outputs[self.feat_key], self.distance)
         pos, neg = mining_masks(pid, modality, self.mining)
         return self.loss(dist, pos, neg)
-
-
-class ADPTerm(nn.Module):
-    """CAJ's adaptive triplet (ADP) on ``outputs[feat_key]``."""
-
-    def __init__(self, distance: str, mining: str, feat_key: str, alpha: float, gamma: float,
-                 square: bool) -> None:
-        super().__init__()
-        self.distance, self.mining, self.feat_key = distance, mining, feat_key
-        self.alpha, self.gamma, self.square = alpha, gamma, square
-
-    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        dist = batch_distance(outputs[self.feat_key], self.distance)
-        pos, neg = mining_masks(pid, modality, self.mining)
-        return adaptive_triplet_adp(dist, pos, neg, self.alpha, self.gamma, self.square)
 
 
 def _views(outputs: Outputs, term: str) -> list[torch.Tensor]:
@@ -188,20 +164,25 @@ def _id(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
     return IdentityLoss(cfg.LOSS.LABEL_SMOOTH)
 
 
+def _metric(cfg: CfgNode, loss: Callable[..., torch.Tensor], **kwargs: float | bool
+            ) -> MetricTerm:
+    return MetricTerm(cfg.LOSS.TRIPLET_DISTANCE, cfg.LOSS.TRIPLET_MINING, _feat_key(cfg),
+                      partial(loss, **kwargs))
+
+
 def _triplet(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
-    return TripletTerm(cfg.LOSS.MARGIN, cfg.LOSS.TRIPLET_DISTANCE, cfg.LOSS.TRIPLET_MINING,
-                       _feat_key(cfg))
+    return _metric(cfg, batch_hard_triplet, margin=cfg.LOSS.MARGIN)
 
 
 def _wrt(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
-    return WRTTerm(cfg.LOSS.TRIPLET_DISTANCE, cfg.LOSS.TRIPLET_MINING, _feat_key(cfg),
-                   cfg.LOSS.WRT_FORM)
+    return _metric(cfg, weighted_regularized_triplet if cfg.LOSS.WRT_FORM == "exact"
+                   else weighted_regularized_triplet_published)
 
 
 def _adp(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
     loss = cfg.LOSS
-    return ADPTerm(loss.TRIPLET_DISTANCE, loss.TRIPLET_MINING, _feat_key(cfg), loss.ADP_ALPHA,
-                   loss.ADP_GAMMA, loss.ADP_SQUARE)
+    return _metric(cfg, adaptive_triplet_adp, alpha=loss.ADP_ALPHA, gamma=loss.ADP_GAMMA,
+                   square=loss.ADP_SQUARE)
 
 
 def _need_views(cfg: CfgNode, term: str, branches: int) -> None:
