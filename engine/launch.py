@@ -35,22 +35,11 @@ from engine.selection import PURPOSE, periodic_evaluation
 from engine.summary import format_summary, summary_table
 from engine.tester import merge_split_trials
 from engine.trainer import Trainer
-from utils.config import config_to_ini
+from utils.config import config_to_ini, with_values
 from utils.errors import UserError
 from utils.io import atomic_write_text
 
 log = logging.getLogger("engine")
-
-
-def with_values(cfg: CfgNode, **values: Any) -> CfgNode:
-    """A frozen copy of ``cfg`` with ``SECTION__KEY=value`` replaced."""
-    out = cfg.clone()
-    out.defrost()
-    for name, value in values.items():
-        section, key = name.split("__")
-        out[section][key] = value
-    out.freeze()
-    return out
 
 
 def resolve_resume(resume: str | None, cfg: CfgNode, optional: bool = False) -> Path | None:

@@ -39,6 +39,7 @@ from utils.config import (
     load_config,
     merge_ini_text,
     merge_overrides,
+    with_values,
 )
 from utils.errors import UserError
 from utils.io import atomic_write_bytes, atomic_write_text
@@ -85,14 +86,8 @@ def resolve_config(ckpt: dict[str, Any], path: str, opts: TestOptions) -> CfgNod
     for key, before, now in model_differences(saved, cfg):
         raise UserError(f"{source}: {key} = {now!r} but the checkpoint {path} was trained "
                         f"with {before!r}; the MODEL keys must match the checkpoint")
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.PRETRAIN_PATH = ""
-    if opts.device:
-        cfg.MODEL.DEVICE = opts.device
-    if opts.gallery:
-        cfg.TEST.GALLERY = opts.gallery
-    cfg.freeze()
+    cfg = with_values(cfg, MODEL__PRETRAIN_PATH="", MODEL__DEVICE=opts.device or cfg.MODEL.DEVICE,
+                      TEST__GALLERY=opts.gallery or cfg.TEST.GALLERY)
     return cfg
 
 
@@ -163,9 +158,7 @@ def _evaluate_checkpoint(path: str, ckpt: dict[str, Any], opts: TestOptions,
             raise UserError(f"{path} was trained on {DATASETS[name].label} trial "
                             f"{saved.DATA.TRIAL}; testing it "
                             f"on trial {split_trial} would test on its training ids")
-        cfg.defrost()
-        cfg.DATA.TRIAL = split_trial
-        cfg.freeze()
+        cfg = with_values(cfg, DATA__TRIAL=split_trial)
     device = resolve_device(cfg)
     model = load_model(cfg, ckpt, path).to(device)
     if device.type == "cuda" and cfg.TRAIN.CHANNELS_LAST:

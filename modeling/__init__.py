@@ -9,6 +9,7 @@ from modeling.backbone import BACKBONES, STAGES, Backbone
 from modeling.model import EvalFeature, VIReIDNet
 from modeling.stages import build_stages, feature_width
 from modeling.warm_start import load_whole_model, read_model_checkpoint
+from utils.config import with_values
 
 __all__ = ["BACKBONES", "STAGES", "Backbone", "EvalFeature", "VIReIDNet", "build_model"]
 
@@ -31,10 +32,7 @@ def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
     warm = read_model_checkpoint(cfg.MODEL.PRETRAIN_PATH)
     if warm is not None:
         path = cfg.MODEL.PRETRAIN_PATH
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.PRETRAIN_PATH = ""  # the backbone's weights come with the rest
-        cfg.freeze()
+        cfg = with_values(cfg, MODEL__PRETRAIN_PATH="")  # the backbone's come with the rest
     backbone = BACKBONES[cfg.MODEL.NAME](cfg)
     stages = build_stages(cfg, backbone)
     if cfg.MODEL.POOLING == "gem":

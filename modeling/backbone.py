@@ -20,14 +20,13 @@ from yacs.config import CfgNode
 from utils.errors import UserError
 from utils.io import load_tensor_file
 from utils.registry import Registry
+from utils.state import short_list, state_problems
 
 # The five stages in order; MODEL.SHARED_FROM = i makes STAGES[:i] modality-specific.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 # The original ImageNet weights (the ones reid baselines were tuned with).
 IMAGENET_WEIGHTS = "IMAGENET1K_V1"
-
-_SHOWN_KEYS = 5
 
 
 @dataclass
@@ -52,11 +51,6 @@ class Backbone:
 BACKBONES: Registry = Registry("MODEL.NAME", "backbone")
 
 
-def _short_list(keys: list[str]) -> str:
-    more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
-    return ", ".join(keys[:_SHOWN_KEYS]) + more
-
-
 def _unwrap(state: object, path: str) -> dict[str, torch.Tensor]:
     """Return the tensor dict inside a checkpoint: plain, {'state_dict': ...} or {'model': ...}."""
     if isinstance(state, dict):
@@ -72,7 +66,7 @@ def _unwrap(state: object, path: str) -> dict[str, torch.Tensor]:
     bad = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise UserError(f"MODEL.PRETRAIN_PATH = {path}: entries that are not tensors: "
-                        f"{_short_list(bad)}")
+                        f"{short_list(bad)}")
     return state
 
 
@@ -91,19 +85,10 @@ def load_pretrained_state(net: nn.Module, state: object, name: str, path: str,
         UserError: naming ``path`` and the missing, unexpected or misshaped keys.
     """
     state = {k: v for k, v in _unwrap(state, path).items() if not k.startswith(head)}
-    expected = {k: v for k, v in net.state_dict().items() if not k.startswith(head)}
     # Old checkpoints lack the BatchNorm batch counters; they carry no weights.
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-                 for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_short_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_short_list(unexpected)}")
-    if misshaped:
-        problems.append(f"wrong shapes: {_short_list(misshaped)}")
+    expected = {k: v for k, v in net.state_dict().items() if not k.startswith(head)
+                and (k in state or not k.endswith("num_batches_tracked"))}
+    problems = state_problems(expected, state)
     if problems:
         raise UserError(f"MODEL.PRETRAIN_PATH = {path} does not fit MODEL.NAME = {name}: "
                         + "; ".join(problems))

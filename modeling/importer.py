@@ -28,14 +28,14 @@ from yacs.config import CfgNode
 
 from modeling import build_model
 from modeling.published import OWN_ONLY, count_by_group, key_table
-from utils.config import config_to_ini, load_config
+from utils.config import config_to_ini, format_value, load_config, with_values
 from utils.errors import UserError
 from utils.io import atomic_torch_save, load_tensor_file
+from utils.state import short_list
 
 SOURCES = ("agw", "caj", "deen")
 LABELS = {"agw": "AGW", "caj": "CAJ", "deen": "DEEN"}
 RESAVE = "torch.save({'net': model.state_dict()}, path)"
-_SHOWN = 4
 
 _RESNET50 = {"MODEL.NAME": "resnet50", "MODEL.LAST_STRIDE": 1, "MODEL.SHARED_FROM": 1,
              "MODEL.FC_BIAS": False}
@@ -135,19 +135,6 @@ def network_of(net: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _short(items: list[str]) -> str:
-    more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
-    return ", ".join(items[:_SHOWN]) + more
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple | list):
-        return ", ".join(str(v) for v in value)
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
-
-
 def check_network(source: str, network: str, cfg: CfgNode, where: str,
                   file: str = "the file") -> None:
     """Refuse a config that does not build the file's published network.
@@ -164,7 +151,7 @@ def check_network(source: str, network: str, cfg: CfgNode, where: str,
         section, name = key.split(".")
         value = cfg[section][name]
         if (tuple(value) if isinstance(value, list | tuple) else value) != expected:
-            wrong.append(f"{key} = {_show(value)} (expected {_show(expected)})")
+            wrong.append(f"{key} = {format_value(value)} (expected {format_value(expected)})")
     if wrong:
         raise UserError(f"{where} does not build {NETWORK_LABELS[network]}, which {file} "
                         f"holds: {'; '.join(wrong)}")
@@ -201,39 +188,35 @@ def convert(source: str, net: dict[str, torch.Tensor], cfg: CfgNode,
     network = network_of(net)
     if network is None:
         raise UserError(f"{file} holds no published {LABELS[source]} network (no NL_* or "
-                        f"DEE.* keys; first keys: {_short(list(net))})")
+                        f"DEE.* keys; first keys: {short_list(list(net))})")
     check_network(source, network, cfg, where, file)
     if "classifier.weight" not in net or net["classifier.weight"].dim() != 2:
         raise UserError(f"{file} has no classifier.weight (classes x features): the number "
                         "of classes is unknown")
     num_classes = int(net["classifier.weight"].shape[0])
-    build_cfg = cfg.clone()
-    build_cfg.defrost()
-    build_cfg.MODEL.PRETRAIN_PATH = ""
-    build_cfg.freeze()
-    model = build_model(build_cfg, num_classes)
+    model = build_model(with_values(cfg, MODEL__PRETRAIN_PATH=""), num_classes)
     own = model.state_dict()
     table, own_only = key_table(model)
     extra = [k for k in own_only if k not in OWN_ONLY]
     if extra:
         raise UserError(f"{where}: the network has tensors the published one lacks: "
-                        f"{_short(extra)} (modality heads come from LOSS.TERMS modality_id/kl)")
+                        f"{short_list(extra)} (modality heads come from LOSS.TERMS modality_id/kl)")
     missing = [pub for ours, pub in table.items()
                if pub not in net and not ours.endswith("num_batches_tracked")]
     if missing:
         raise UserError(f"{file} lacks {len(missing)} tensor(s) of {NETWORK_LABELS[network]}: "
-                        f"{_short(missing)}")
+                        f"{short_list(missing)}")
     shapes = [f"{pub} {tuple(net[pub].shape)} (expected {tuple(own[ours].shape)})"
               for ours, pub in table.items() if pub in net and net[pub].shape != own[ours].shape]
     if shapes:
         raise UserError(f"{file}: shapes differ from {NETWORK_LABELS[network]}: "
-                        f"{_short(shapes)}")
+                        f"{short_list(shapes)}")
     used = set(table.values())
     unused, unexpected = count_by_group([k for k in net if k not in used],
                                         cfg.MODEL.LAST_STAGE)
     if unexpected:
         raise UserError(f"{file} has {len(unexpected)} tensor(s) {NETWORK_LABELS[network]} "
-                        f"has no place for: {_short(unexpected)}")
+                        f"has no place for: {short_list(unexpected)}")
     state = dict(own)  # OWN_ONLY entries keep the config's value (GeM's fixed p = 3)
     zeroed = []
     for ours, pub in table.items():
@@ -249,17 +232,13 @@ def convert(source: str, net: dict[str, torch.Tensor], cfg: CfgNode,
 
 def set_test_keys(source: str, cfg: CfgNode) -> tuple[CfgNode, list[tuple[str, Any, Any]]]:
     """``cfg`` with the source's test-time keys; returns it and the (key, old, new) changes."""
-    out = cfg.clone()
-    out.defrost()
     changes = []
     for key, value in TEST_KEYS[source].items():
         section, name = key.split(".")
-        if out[section][name] != value:
-            changes.append((key, out[section][name], value))
-            out[section][name] = value
-    out.MODEL.PRETRAIN_PATH = ""
-    out.freeze()
-    return out, changes
+        if cfg[section][name] != value:
+            changes.append((key, cfg[section][name], value))
+    values = {key.replace(".", "__"): new for key, _, new in changes}
+    return with_values(cfg, MODEL__PRETRAIN_PATH="", **values), changes
 
 
 def _sha256(path: Path) -> str:
@@ -296,7 +275,7 @@ class ImportReport:
         if c.counters_zeroed:
             lines.append(f"  {len(c.counters_zeroed)} BatchNorm batch counters absent from the "
                          "file, set to 0")
-        set_text = ("; set " + ", ".join(f"{k} {_show(old)} -> {_show(new)}"
+        set_text = ("; set " + ", ".join(f"{k} {format_value(old)} -> {format_value(new)}"
                                          for k, old, new in self.test_changes)
                     if self.test_changes else "; the config's TEST keys already matched")
         lines.append(f"  test feature: {TEST_FEATURES[self.source]}{set_text}")

@@ -9,7 +9,6 @@ the checkpoint keep their fresh init.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,7 @@ import torch
 
 from modeling.model import VIReIDNet
 from utils.errors import UserError
-
-_SHOWN = 3
+from utils.state import state_problems
 
 
 def read_model_checkpoint(path: str) -> dict[str, Any] | None:
@@ -31,8 +29,7 @@ def read_model_checkpoint(path: str) -> dict[str, Any] | None:
         return None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError):
-        # Old-format, foreign or damaged files: the backbone's loader reads and explains.
+    except Exception:  # noqa: BLE001 - any unreadable file: the backbone's loader explains
         return None
     is_ckpt = isinstance(obj, dict) and isinstance(obj.get("model"), dict) and all(
         k in obj for k in ("config", "num_classes"))
@@ -54,18 +51,19 @@ def load_whole_model(model: VIReIDNet, ckpt: dict[str, Any], path: str) -> None:
     Raises:
         UserError: naming ``path`` and the first missing, unexpected or misshaped keys.
     """
-    state, own = ckpt["model"], model.state_dict()
-    skip = _class_prefixes(model) if int(ckpt["num_classes"]) != model.num_classes else ()
-    missing = [k for k in own if k not in state and not k.startswith(("heads.", *skip))]
-    unexpected = [k for k in state if k not in own and not k.startswith("heads.")]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and not k.startswith(skip) and state[k].shape != own[k].shape]
-    problems = [f"{what} {', '.join(keys[:_SHOWN])}" + (" ..." if len(keys) > _SHOWN else "")
-                for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                   ("shape", shapes)) if keys]
+    if not isinstance(ckpt["num_classes"], int):
+        raise UserError(f"MODEL.PRETRAIN_PATH = {path}: num_classes is "
+                        f"{ckpt['num_classes']!r}, not a number of classes")
+    skip = _class_prefixes(model) if ckpt["num_classes"] != model.num_classes else ()
+    own = model.state_dict()
+    # Modality heads are training-only: either side may lack them.
+    expected = {k: v for k, v in own.items()
+                if not k.startswith(skip) and (k in ckpt["model"] or not k.startswith("heads."))}
+    state = {k: v for k, v in ckpt["model"].items()
+             if not k.startswith(skip) and (k in own or not k.startswith("heads."))}
+    problems = state_problems(expected, state)
     if problems:
         raise UserError(f"MODEL.PRETRAIN_PATH = {path}: the checkpoint's network does not fit "
                         "the config's (same MODEL keys needed, MODEL.PRETRAIN_PATH aside): "
                         + "; ".join(problems))
-    model.load_state_dict({k: v for k, v in state.items()
-                           if k in own and not k.startswith(skip)}, strict=False)
+    model.load_state_dict(state, strict=False)

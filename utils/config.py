@@ -352,11 +352,23 @@ def registry(full_key: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
+def with_values(cfg: CfgNode, **values: Any) -> CfgNode:
+    """A frozen copy of ``cfg`` with ``SECTION__KEY=value`` replaced."""
+    out = cfg.clone()
+    out.defrost()
+    for name, value in values.items():
+        section, key = name.split("__")
+        out[section][key] = value
+    out.freeze()
+    return out
+
+
 def format_value(value: Any) -> str:
-    """A value as it is written in an .ini file (booleans as yes/no, tuples comma-separated)."""
+    """A value as it is written in an .ini file (booleans as yes/no, tuples and lists
+    comma-separated)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return ", ".join(format_value(v) for v in value)
     return str(value)
 
