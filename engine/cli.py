@@ -56,8 +56,7 @@ def parse_train_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
     return args, cfg
 
 
-def parse_trials(text: str | None, maximum: int | None, flag: str = "--trial"
-                 ) -> list[int] | None:
+def parse_trials(text: str | None, maximum: int | None) -> list[int] | None:
     """A trial option: ``None`` -> None (the caller's default); ``"all"`` -> 1..maximum
     (None when ``maximum`` is None: every trial of the protocol); ``"3"`` -> [3];
     ``"1,2"`` -> [1, 2].
@@ -78,7 +77,7 @@ def parse_trials(text: str | None, maximum: int | None, flag: str = "--trial"
         part = part.strip()
         if not part.isdigit() or int(part) < 1 or (maximum and int(part) > maximum):
             span = f"1..{maximum}" if maximum else ">= 1"
-            raise UserError(f"{flag} {text}: expected a trial number {span}, a comma-separated "
+            raise UserError(f"--trial {text}: expected a trial number {span}, a comma-separated "
                             "list of them, or all")
         if int(part) not in trials:
             trials.append(int(part))

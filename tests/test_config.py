@@ -223,3 +223,16 @@ def test_atomic_write_gives_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_write_to_an_unwritable_place_is_one_line(tmp_path):
+    from utils.io import atomic_write_text
+
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match=r"folder: cannot write \(Is a directory\)"):
+        atomic_write_text(tmp_path / "folder", "x")
+    (tmp_path / "file").write_text("kept")
+    with pytest.raises(UserError, match=r"file/sub.txt: cannot write \("):
+        atomic_write_text(tmp_path / "file" / "sub.txt", "x")
+    assert (tmp_path / "file").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]  # no leftovers

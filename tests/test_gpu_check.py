@@ -40,6 +40,21 @@ def test_gpu_check_cpu_mode_runs_every_check_and_passes(tmp_path: Path) -> None:
     assert "passed in" in proc.stdout and "train_speed[16]" in proc.stdout
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--only", "eval_(", "--output", "x.json"], "argument --only: not a regular expression"),
+    (["--only", "no_such_check", "--output", "{tmp}/r.json"],
+     "error: --only no_such_check: no check's name matches; the checks: fp32_agreement["),
+    (["--output", "{tmp}/missing/r.json"], "is not a writable folder"),
+])
+def test_gpu_check_bad_options_are_one_line(args, message, tmp_path: Path) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "tools/gpu_check.py", "--cpu", *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # no report written
+
+
 def test_amp_dtype_key_picks_the_autocast_type(monkeypatch: pytest.MonkeyPatch) -> None:
     for native, auto in ((True, torch.bfloat16), (False, torch.float16)):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported",

@@ -38,6 +38,15 @@ def refusal(full_key: str, name: str) -> str:
 @pytest.mark.parametrize("full_key", sorted(REGISTRY_KEYS))
 def test_accepted_names_are_the_registry_keys(full_key, monkeypatch):
     entries = registry(full_key)
+    saved = dict(entries)
+    try:
+        check_registry(full_key, entries, monkeypatch)
+    finally:  # the registry as it was, in its order (error messages list it)
+        entries.clear()
+        entries.update(saved)
+
+
+def check_registry(full_key, entries, monkeypatch):
     assert isinstance(entries, Registry) and len(entries) >= 2
     assert fnmatch(full_key, entries.key)  # the registry's own errors name this key
     assert full_key not in CHOICES  # no second list of names
@@ -78,3 +87,8 @@ def test_registry_lookups_and_duplicates():
     reg.check("square")
     with pytest.raises(ValueError, match="widget 'round' is registered twice"):
         reg.register("round")(str)
+    # Config values are matched in lower case, so a name that is not could never be chosen.
+    with pytest.raises(ValueError, match="widget name 'Oval' must be a lower-case string"):
+        reg.register("Oval")(str)
+    with pytest.raises(ValueError, match="widget name 'Oval' must be a lower-case string"):
+        reg.update({"Oval": str})

@@ -79,6 +79,8 @@ from tools.device_checks.common import (  # noqa: E402
     run_check,
     shipped_configs,
 )
+from utils.errors import UserError, cli_entry  # noqa: E402
+from utils.io import atomic_write_text  # noqa: E402
 
 BUDGET_S = {"cuda": 360, "cpu": 120}
 # Figures shown in the printed table, per check group.
@@ -200,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
         print("error: no CUDA device; run with --cpu for the CPU version of the checks",
               file=sys.stderr)
         return 2
+    out_dir = Path(args.output).resolve().parent
+    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
+        raise UserError(f"--output {args.output}: {out_dir} is not a writable folder")
     plan = CPU_PLAN if args.cpu else GPU_PLAN
     if args.cpu:
         # One thread per process: on a shared machine more only wait for each other.
@@ -218,7 +223,10 @@ def run(args: argparse.Namespace) -> int:
         ctx = Context(torch.device(mode), plan, workdir, root, still, deadline)
         checks = plan_checks(ctx)
         if args.only:
-            checks = [c for c in checks if re.search(args.only, c[0])]
+            checks = [c for c in checks if args.only.search(c[0])]
+            if not checks:
+                raise UserError(f"--only {args.only.pattern}: no check's name matches; the "
+                                f"checks: {', '.join(c[0] for c in plan_checks(ctx))}")
 
         def announce(line: str) -> None:
             print(f"[{time.monotonic() - start:6.1f} s] {line}", file=real_stdout, flush=True)
@@ -241,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
                           "ids": "20 train + 4 val (trained on) + 6 test", "draw_s": draw_s},
               "configs": [p.name for p in shipped_configs()],
               "checks": [r.to_json() for r in results]}
-    Path(args.output).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(args.output, json.dumps(report, indent=2, default=str) + "\n")
     print(table(results))
     failed = [r.name for r in results if r.required and not r.passed]
     print(f"{len(results) - len(failed)}/{len(results)} checks passed in {seconds:.0f} s "
@@ -251,16 +259,25 @@ def run(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
-def main() -> None:
+def pattern(text: str) -> re.Pattern[str]:
+    """``--only``'s regular expression, or an argparse error."""
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({exc})") from None
+
+
+@cli_entry
+def main() -> int:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="gpu_check.json", help="JSON report path")
     parser.add_argument("--cpu", action="store_true",
                         help="the CPU version at tiny sizes (no GPU needed)")
-    parser.add_argument("--only", metavar="PATTERN",
+    parser.add_argument("--only", metavar="PATTERN", type=pattern,
                         help="run only the checks whose name matches this regular expression")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    sys.exit(run(parser.parse_args()))
+    return run(parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -230,11 +230,10 @@ def _check(cfg: CfgNode, where: str) -> None:
     for full_key in REGISTRY_KEYS:
         section, key = full_key.split(".")
         value = cfg[section][key]
-        names = tuple(v.lower() for v in value) if isinstance(value, tuple) else value.lower()
-        entries = registry(full_key)
-        for name in (names if isinstance(names, tuple) else (names,)):
-            entries.check(name, where, full_key)
-        cfg[section][key] = names
+        names = [v.lower() for v in value] if isinstance(value, tuple) else [value.lower()]
+        for name in names:
+            registry(full_key).check(name, where, full_key)
+        cfg[section][key] = tuple(names) if isinstance(value, tuple) else names[0]
     for full_key, (lo, hi) in RANGES.items():
         section, key = full_key.split(".")
         value = cfg[section][key]

@@ -27,6 +27,16 @@ class Registry(dict[str, T]):
         super().__init__()
         self.key, self.what = key, what
 
+    def __setitem__(self, name: str, entry: T) -> None:
+        # Configuration values are matched in lower case.
+        if not isinstance(name, str) or name != name.lower():
+            raise ValueError(f"{self.what} name {name!r} must be a lower-case string")
+        super().__setitem__(name, entry)
+
+    def update(self, *args: object, **kwargs: T) -> None:
+        for name, entry in dict(*args, **kwargs).items():
+            self[name] = entry
+
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@REGISTRY.register("name")`` adds the decorated object."""
         def add(entry: T) -> T:

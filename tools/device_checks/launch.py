@@ -24,6 +24,11 @@ from utils.config import config_to_ini
 CONFIG = CONFIG_DIR / "res50_sysumm_all.ini"
 
 
+def _timeout(ctx: Context) -> float:
+    """A child's time limit: the plan's, but no further than the budget allows (>= 60 s)."""
+    return min(ctx.plan.subprocess_timeout, max(60.0, ctx.remaining()))
+
+
 def _tail(proc: subprocess.CompletedProcess) -> str:
     return (proc.stdout[-1500:] + proc.stderr[-1500:]).strip().replace("\n", " | ")
 
@@ -45,7 +50,7 @@ def torchrun_and_test(ctx: Context) -> Figures:
     train = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
          "train_sysumm.py", "--config", str(ini)],
-        cwd=REPO, capture_output=True, text=True, timeout=plan.subprocess_timeout)
+        cwd=REPO, capture_output=True, text=True, timeout=_timeout(ctx))
     figures["train_exit"] = train.returncode
     require(figures, train.returncode == 0, f"torchrun exit {train.returncode}: {_tail(train)}")
     log_path = run / "log.txt"
@@ -67,7 +72,7 @@ def torchrun_and_test(ctx: Context) -> Figures:
     test = subprocess.run(
         [sys.executable, "test.py", "--model_path", str(checkpoint), "--device",
          ctx.device.type, "--trial", "1", "--output", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=plan.subprocess_timeout)
+        cwd=REPO, capture_output=True, text=True, timeout=_timeout(ctx))
     figures["test_exit"] = test.returncode
     require(figures, test.returncode == 0, f"test.py exit {test.returncode}: {_tail(test)}")
     if test.returncode == 0:
