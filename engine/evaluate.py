@@ -104,8 +104,7 @@ def evaluate_features(cfg: CfgNode, settings: Sequence[Setting],
     Returns:
         ``{setting name: entry}`` as in the module docstring.
 
-    Raises:
-        UserError: re-ranking asked for a query + gallery beyond its size limit.
+    Re-ranking's size limit is checked beforehand (:func:`check_settings`).
     """
     distance, norm = cfg.TEST.DISTANCE, cfg.TEST.NORM
     labels = {k: (np.array([r.pid for r in v]), np.array([r.cam for r in v]))
@@ -124,7 +123,6 @@ def evaluate_features(cfg: CfgNode, settings: Sequence[Setting],
             dist: FeatureDistances | torch.Tensor = FeatureDistances(q_feat, g_feat, distance,
                                                                      norm)
             if cfg.TEST.RERANK:
-                check_rerank_size(len(q_feat), len(g_feat))
                 if setting.query not in self_dist:
                     self_dist[setting.query] = feature_distance(q_feat, q_feat, distance, norm)
                 dist = k_reciprocal_rerank(dist.full(), self_dist[setting.query],
@@ -142,6 +140,31 @@ def evaluate_features(cfg: CfgNode, settings: Sequence[Setting],
         entry["gallery"] = entry["trials"][0]["gallery"]
         out[setting.name] = summarize(entry)
     return out
+
+
+def check_settings(cfg: CfgNode, settings: Sequence[Setting],
+                   sets: dict[str, list[ImageRecord]]) -> None:
+    """Refuse, before any feature is extracted, what the evaluation could not finish.
+
+    Raises:
+        UserError: TEST.RERANK with a query + gallery beyond re-ranking's size limit.
+    """
+    if cfg.TEST.RERANK:
+        for setting in settings:
+            for trial in setting.trials:
+                gallery = setting.gallery_indices(trial, len(sets[setting.gallery]))
+                check_rerank_size(len(sets[setting.query]), len(gallery))
+
+
+def evaluation_settings(cfg: CfgNode, dataset: VIReIDDataset, split: str = "test",
+                        **kwargs: Any) -> tuple[list[Setting], dict[str, Any],
+                                                dict[str, list[ImageRecord]]]:
+    """The settings, protocol info and record lists of ``dataset``'s ``split``, checked
+    (:func:`check_settings`); ``kwargs`` go to the dataset's ``settings``."""
+    sets = dataset.eval_sets(split)
+    settings, info = dataset.settings(cfg, sets, split=split, **kwargs)
+    check_settings(cfg, settings, sets)
+    return settings, info, sets
 
 
 def extract_sets(cfg: CfgNode, model: nn.Module, sets: dict[str, list[ImageRecord]],
@@ -169,9 +192,8 @@ def run_evaluation(cfg: CfgNode, model: nn.Module, dataset: VIReIDDataset, *,
         log: called with progress lines (per-trial figures), if given.
     """
     device = device or next(model.parameters()).device
-    sets = dataset.eval_sets(split)
-    settings, info = dataset.settings(cfg, sets, split=split, trials=trials, monitor=monitor,
-                                      **(options or {}))
+    settings, info, sets = evaluation_settings(cfg, dataset, split, trials=trials,
+                                               monitor=monitor, **(options or {}))
     feats = extract_sets(cfg, model, sets, device, split)
     results = assemble(cfg, dataset.name, split, info,
                        evaluate_features(cfg, settings, feats, sets, log))
@@ -190,7 +212,9 @@ def assemble(cfg: CfgNode, dataset_name: str, split: str, info: dict[str, Any],
     test = cfg.TEST
     rerank = ({"k1": cfg.TEST.RERANK_K1, "k2": cfg.TEST.RERANK_K2,
                "lambda": cfg.TEST.RERANK_LAMBDA} if cfg.TEST.RERANK else False)
-    protocol = {**info, "feature": test.FEAT, "views": test.VIEWS, "norm_each": test.NORM_EACH,
+    # Which embeddings: only a network that expands them has a choice (None otherwise).
+    views = test.VIEWS if cfg.MODEL.DEE_BRANCHES else None
+    protocol = {**info, "feature": test.FEAT, "views": views, "norm_each": test.NORM_EACH,
                 "part_weights": list(test.PART_WEIGHTS),
                 "norm": test.NORM, "distance": test.DISTANCE, "flip": test.FLIP,
                 "rerank": rerank, "max_rank": test.MAX_RANK}

@@ -29,7 +29,7 @@ from engine.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from engine.evaluate import evaluate, format_tables
+from engine.evaluate import evaluate, evaluation_settings, format_tables
 from engine.logger import close_logger, setup_logger
 from engine.selection import PURPOSE, periodic_evaluation
 from engine.summary import format_summary, summary_table
@@ -74,6 +74,7 @@ def train_and_test(cfg: CfgNode, resume: Path | None, info: DistInfo,
     try:
         dataset = data.build_dataset(cfg, verbose=False)
         log.info(dataset.describe())
+        evaluation_settings(cfg, dataset, "test")  # what the final test would refuse, now
         if resume is None and (out / "last.pth").is_file() and info.is_main:
             log.warning(f"{out} holds an earlier run: starting afresh replaces its checkpoints "
                         "and metrics (use --resume to continue it)")

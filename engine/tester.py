@@ -196,12 +196,6 @@ def merge_split_trials(per_trial: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _first_trial(text: str) -> str:
-    """The trial a ``{trial}`` model path is first read with (before the dataset is known)."""
-    first = text.split(",")[0].strip()
-    return "1" if first.lower() == "all" else first
-
-
 def run_test(opts: TestOptions) -> dict[str, Any]:
     """Evaluate the checkpoint(s), print one table per setting, write the outputs.
 
@@ -214,7 +208,9 @@ def run_test(opts: TestOptions) -> dict[str, Any]:
         if opts.trial is None:
             raise UserError(f"--model_path {opts.model_path} has {{trial}}: give --trial N "
                             "or --trial all")
-        first_path = opts.model_path.replace("{trial}", _first_trial(opts.trial))
+        # The syntax is checked now; the range once the dataset is known.
+        first = (parse_trials(opts.trial, None) or [1])[0]
+        first_path = opts.model_path.replace("{trial}", str(first))
     # The tested dataset decides what --trial means; read it from the first checkpoint's
     # config with the command line applied.
     first_ckpt = load_checkpoint(first_path)
@@ -224,7 +220,11 @@ def run_test(opts: TestOptions) -> dict[str, Any]:
     features: dict[str, Any] | None = {} if opts.save_features else None
     if dataset.split_trials:
         trials = parse_trials(opts.trial, dataset.split_trials) or [first_cfg.DATA.TRIAL]
-        if len(trials) > 1 and not templated:
+        trained_on = config_from_ini_text(str(first_ckpt["config"]),
+                                          where=f"{first_path} (saved config)").DATA.DATASET_NAME
+        # A model of another dataset is one model for every split; one of this dataset's
+        # was trained on one split and has a sibling per split.
+        if len(trials) > 1 and not templated and trained_on == dataset.name:
             raise UserError(f"--trial {opts.trial} evaluates one model per {dataset.label} "
                             "split: put {trial} in --model_path (e.g. "
                             "'out/trial_{trial}/best.pth')")

@@ -91,3 +91,24 @@ def test_split_trial_mismatch_is_checked_within_one_dataset_only(
                             "--output", str(tmp_path / "same.json"))
     assert code == 0, err
     assert "trained_on" not in json.loads((tmp_path / "same.json").read_text())
+
+
+def test_another_datasets_model_is_tested_on_several_splits(sysu_ckpt, regdb_root, tmp_path,
+                                                            monkeypatch, capsys):
+    out_json = tmp_path / "r.json"
+    code, out, err = run_test(monkeypatch, capsys, "--model_path", str(sysu_ckpt), "--trial",
+                              "1,2", "--output", str(out_json),
+                              "DATA.DATASET_NAME", "regdb", "DATA.ROOT", str(regdb_root))
+    assert code == 0, err
+    res = json.loads(out_json.read_text())
+    assert res["checkpoint"] == [str(sysu_ckpt)] * 2 and res["trained_on"] == "sysumm"
+    trials = res["settings"]["visible-to-thermal"]["trials"]
+    assert [t["trial"] for t in trials] == [1, 2]
+    # One model of RegDB's own is trained on one split: several need {trial}.
+    own = save_checkpoint(tmp_path / "regdb.pth", "regdb", regdb_root)
+    code, _, err = run_test(monkeypatch, capsys, "--model_path", str(own), "--trial", "1,2")
+    assert code == 2 and "put {trial} in --model_path" in err
+    # A bad --trial is named as such before any file is looked for.
+    code, _, err = run_test(monkeypatch, capsys, "--model_path",
+                            str(tmp_path / "trial_{trial}.pth"), "--trial", "0")
+    assert code == 2 and "--trial 0: expected a trial number" in err

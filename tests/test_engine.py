@@ -204,3 +204,16 @@ def test_metrics_truncation_drops_replayed_epochs_and_cut_lines(tmp_path: Path) 
     MetricsWriter(tmp_path).truncate_after(2)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_a_rerank_beyond_its_limit_is_refused_before_training(regdb_root, tmp_path,
+                                                               monkeypatch):
+    from tests.helpers import tiny_training
+
+    monkeypatch.setattr("utils.rerank.MAX_RERANK_IMAGES", 10)
+    cfg = load_config(None, tiny_training("regdb", regdb_root, tmp_path / "run",
+                                          "TEST.RERANK", "yes"))
+    with pytest.raises(UserError, match=r"TEST.RERANK: \d+ queries \+ \d+ gallery images = "
+                                        r"\d+ exceeds the re-ranking limit of 10 images"):
+        train_and_test(cfg, None, DistInfo(), torch.device("cpu"))
+    assert not (tmp_path / "run" / "last.pth").exists()  # refused before the first epoch

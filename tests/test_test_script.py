@@ -205,6 +205,8 @@ def test_part_weights_from_the_command_line_are_applied_and_recorded(regdb_root,
     assert results["1, 1"]["protocol"]["part_weights"] == [1.0, 1.0]
     assert results["0.1, 0.9"]["protocol"]["part_weights"] == [0.1, 0.9]
     assert "pooled / BN parts weighted 0.1 / 0.9" in out
+    # A network without expanded embeddings has no choice of them to report.
+    assert results["1, 1"]["protocol"]["views"] is None and "embeddings" not in out
     # Each normalised part (pooled, BN; 512-d each) is scaled by the square root of its
     # weight, so the inner products are weighted 0.1 / 0.9.
     plain, weighted = feats["1, 1"], feats["0.1, 0.9"]
