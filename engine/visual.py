@@ -70,7 +70,8 @@ def write_pictures(cfg: CfgNode, ev: Evaluation, out_dir: str | Path, num_querie
     gap = distance_histograms(feats[head.query], feats[head.gallery],
                               [r.pid for r in sets[head.query]],
                               [r.pid for r in sets[head.gallery]], out_dir / "distances.png",
-                              q_name=head.query, g_name=head.gallery, normalize=cfg.TEST.NORM)
+                              q_name=head.query, g_name=head.gallery, normalize=cfg.TEST.NORM,
+                              metric=cfg.TEST.DISTANCE)
     written += [out_dir / "embedding.png", out_dir / "distances.png"]
     results["modality_gap"] = {"embedding": method, **{k: round(float(v), 6) if
                                                         isinstance(v, float) else v

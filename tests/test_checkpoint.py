@@ -85,7 +85,7 @@ def test_failed_rename_keeps_previous_checkpoint(tmp_path: Path,
         raise OSError("disk full")
 
     monkeypatch.setattr("utils.io.os.replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=r"last.pth: cannot write \(disk full\)"):
         save_checkpoint(path, _ckpt(2.0))
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1

@@ -162,6 +162,24 @@ def test_distance_means_match_direct_computation(tmp_path):
     _assert_png(out, (650, 450))
 
 
+def test_distances_follow_the_ranking_metric(tmp_path):
+    rng = np.random.default_rng(3)
+    q, g = rng.normal(size=(3, 4)), rng.normal(size=(5, 4))
+    q_pids, g_pids = np.array([1, 2, 7]), np.array([1, 1, 2, 3, 4])
+    same_mask = q_pids[:, None] == g_pids[None, :]
+    ip = q @ g.T
+    cos = ip / np.linalg.norm(q, axis=1)[:, None] / np.linalg.norm(g, axis=1)[None, :]
+    for metric, direct in (("dot", -ip), ("cosine", 1 - cos)):
+        stats = distance_histograms(q, g, q_pids, g_pids, tmp_path / "h.png", normalize=False,
+                                    metric=metric)
+        assert stats["distance"] == metric
+        assert stats["same_mean"] == pytest.approx(direct[same_mask].mean(), abs=1e-9)
+        assert stats["diff_mean"] == pytest.approx(direct[~same_mask].mean(), abs=1e-9)
+    with pytest.raises(UserError, match="metric: expected one of euclidean, cosine, dot"):
+        distance_histograms(q, g, q_pids, g_pids, tmp_path / "x.png", metric="manhattan")
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_separated_clusters_have_a_positive_gap(tmp_path):
     feats, pids, modalities = _clusters(8, 4, spread=0.02)
     ir, vis = modalities == 1, modalities == 0
@@ -236,9 +254,9 @@ def test_pictures_replace_files_atomically(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(utils.io.os, "replace", no_rename)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match=r"cannot write \(disk full\)"):
         embedding_map(feats, pids, modalities, emb, method="pca", title="new")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match=r"cannot write \(disk full\)"):
         distance_histograms(feats, feats, pids, pids, hist, bins=10)
     assert {p: p.read_bytes() for p in (hist, emb)} == before  # old pictures intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.png", "hist.png"]

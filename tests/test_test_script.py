@@ -169,8 +169,13 @@ def test_visualize_writes_cmc_and_ranked_sheets(sysu_ckpt, tmp_path, monkeypatch
     from PIL import Image
 
     code, out, err = run(monkeypatch, capsys, "--model_path", str(sysu_ckpt), "--mode", "all",
-                         "--trial", "1", "--visualize", str(tmp_path / "pics"))
+                         "--trial", "1", "--visualize", str(tmp_path / "pics"),
+                         "--output", str(tmp_path / "r.json"))
     assert code == 0, err
+    gap = json.loads((tmp_path / "r.json").read_text())["modality_gap"]
+    assert gap["embedding"] in ("tsne", "pca") and gap["distance"] == "euclidean"
+    assert gap["gap"] == pytest.approx(gap["diff_mean"] - gap["same_mean"], abs=1e-5)
+    assert gap["same_pairs"] > 0 and gap["diff_pairs"] > 0
     cmc = Image.open(tmp_path / "pics" / "cmc.png")
     assert cmc.format == "PNG" and cmc.size == (600, 450)
     for name in ("all-search_single-shot", "all-search_multi-shot"):

@@ -231,8 +231,27 @@ def _take(block: np.ndarray, mask: np.ndarray, ranks: np.ndarray | None,
     return values[ranks[lo:hi] - offset]
 
 
+# metric -> x-axis label; the values are those the ranking orders by (Euclidean unsquared).
+METRIC_LABELS = {"euclidean": "Euclidean distance", "cosine": "cosine distance (1 - cos)",
+                 "dot": "minus the inner product"}
+
+
+def _block_distances(qc: np.ndarray, g: np.ndarray, g_sq: np.ndarray, metric: str
+                     ) -> np.ndarray:
+    """(c, G) distances of a block of query rows under ``metric``."""
+    ip = qc @ g.T
+    if metric == "dot":
+        return -ip
+    if metric == "cosine":
+        norms = np.sqrt((qc * qc).sum(axis=1))[:, None] * np.sqrt(g_sq)[None, :]
+        return 1.0 - ip / np.maximum(norms, 1e-12)
+    sq = (qc * qc).sum(axis=1)[:, None] + g_sq[None, :] - 2.0 * ip
+    return np.sqrt(np.maximum(sq, 0.0))  # rounding can push a zero distance below 0
+
+
 def _pair_distances(q: np.ndarray, g: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
-                    max_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+                    max_pairs: int, seed: int, metric: str = "euclidean"
+                    ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Same- and different-identity distances (row-major pair order) and both pair totals."""
     q_ids, q_counts = np.unique(q_pids, return_counts=True)
     g_ids, g_counts = np.unique(g_pids, return_counts=True)
@@ -247,9 +266,7 @@ def _pair_distances(q: np.ndarray, g: np.ndarray, q_pids: np.ndarray, g_pids: np
     same, diff = [], []
     same_seen = diff_seen = 0
     for start in range(0, q.shape[0], rows):
-        qc = q[start:start + rows]
-        sq = (qc * qc).sum(axis=1)[:, None] + g_sq[None, :] - 2.0 * qc @ g.T
-        block = np.sqrt(np.maximum(sq, 0.0))  # rounding can push a zero distance below 0
+        block = _block_distances(q[start:start + rows], g, g_sq, metric)
         is_same = q_pids[start:start + rows, None] == g_pids[None, :]
         same.append(_take(block, is_same, same_ranks, same_seen))
         diff.append(_take(block, ~is_same, diff_ranks, diff_seen))
@@ -262,10 +279,11 @@ def distance_histograms(q_feat: np.ndarray | torch.Tensor, g_feat: np.ndarray | 
                         q_pids: np.ndarray | torch.Tensor, g_pids: np.ndarray | torch.Tensor,
                         path: str | os.PathLike, q_name: str = "infrared",
                         g_name: str = "visible", normalize: bool = True, bins: int = 50,
-                        max_pairs: int = 2_000_000, seed: int = 0) -> dict:
+                        max_pairs: int = 2_000_000, seed: int = 0, metric: str = "euclidean"
+                        ) -> dict:
     """Histograms of cross-modality distances for same- and different-identity pairs.
 
-    Every query-gallery pair is one distance (Euclidean, on L2-normalised features
+    Every query-gallery pair is one distance (``metric``, on L2-normalised features
     when ``normalize``). When a set holds more than ``max_pairs`` pairs, ``max_pairs``
     of them are drawn uniformly without replacement (fixed by ``seed``); distances
     are computed in blocks of query rows, so memory stays bounded for any Q x G.
@@ -281,10 +299,12 @@ def distance_histograms(q_feat: np.ndarray | torch.Tensor, g_feat: np.ndarray | 
         bins: histogram bins (shared by both sets).
         max_pairs: the most pairs kept per set.
         seed: seed of the pair sampling.
+        metric: ``euclidean``, ``cosine`` or ``dot`` (TEST.DISTANCE: the distance the
+            ranking uses; Euclidean drawn unsquared).
 
     Returns:
-        dict: ``same_mean``, ``diff_mean`` (mean distances), ``same_pairs``,
-        ``diff_pairs`` (pairs used) and ``gap`` = ``diff_mean - same_mean``.
+        dict: ``distance`` (the metric), ``same_mean``, ``diff_mean`` (mean distances),
+        ``same_pairs``, ``diff_pairs`` (pairs used) and ``gap`` = ``diff_mean - same_mean``.
     """
     import matplotlib
 
@@ -299,15 +319,19 @@ def distance_histograms(q_feat: np.ndarray | torch.Tensor, g_feat: np.ndarray | 
     g_pids = _labels(g_pids, g.shape[0], "g_pids")
     if bins < 1:
         raise UserError(f"bins: expected a positive number of bins, got {bins}")
+    if metric not in METRIC_LABELS:
+        raise UserError(f"metric: expected one of {', '.join(METRIC_LABELS)}, got {metric!r}")
     if max_pairs < 1:
         raise UserError(f"max_pairs: expected a positive number of pairs, got {max_pairs}")
     if normalize:
         q, g = l2_normalize(q), l2_normalize(g)
-    same, diff, same_total, diff_total = _pair_distances(q, g, q_pids, g_pids, max_pairs, seed)
+    same, diff, same_total, diff_total = _pair_distances(q, g, q_pids, g_pids, max_pairs, seed,
+                                                         metric)
     for name, values in (("same", same), ("different", diff)):
         if values.size == 0:
             raise UserError(f"q_pids/g_pids: no {name}-identity pairs between query and gallery")
-    stats = {"same_mean": float(same.mean()), "diff_mean": float(diff.mean()),
+    stats = {"distance": metric, "same_mean": float(same.mean()),
+             "diff_mean": float(diff.mean()),
              "same_pairs": int(same.size), "diff_pairs": int(diff.size)}
     stats["gap"] = stats["diff_mean"] - stats["same_mean"]
 
@@ -322,7 +346,7 @@ def distance_histograms(q_feat: np.ndarray | torch.Tensor, g_feat: np.ndarray | 
                 label=f"{label} ({count})")
         ax.axvline(mean, color=colour, linestyle="--", linewidth=1.5,
                    label=f"{label} mean {mean:.3f}")
-    ax.set_xlabel("Euclidean distance" + (" (L2-normalised features)" if normalize else ""))
+    ax.set_xlabel(METRIC_LABELS[metric] + (" (L2-normalised features)" if normalize else ""))
     ax.set_ylabel("density")
     ax.set_title(f"{q_name} query vs {g_name} gallery: gap {stats['gap']:.3f}")
     ax.grid(alpha=0.3)
