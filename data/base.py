@@ -208,7 +208,7 @@ class VIReIDDataset:
         self.test_sets: dict[str, list[ImageRecord]] = {}
         self.val_sets: dict[str, list[ImageRecord]] = {}
         if self.split_trials and not 1 <= cfg.DATA.TRIAL <= self.split_trials:
-            raise UserError(f"DATA.TRIAL = {cfg.DATA.TRIAL}: {self.name} has splits "
+            raise UserError(f"DATA.TRIAL = {cfg.DATA.TRIAL}: {self.label} has splits "
                             f"1..{self.split_trials}")
         if not os.path.isdir(self.root):
             raise UserError(f"{self.title()}: dataset root {self.root} does not exist or is "

@@ -224,7 +224,7 @@ def run_test(opts: TestOptions) -> dict[str, Any]:
                                           where=f"{first_path} (saved config)").DATA.DATASET_NAME
         # A model of another dataset is one model for every split; one of this dataset's
         # was trained on one split and has a sibling per split.
-        if len(trials) > 1 and not templated and trained_on == dataset.name:
+        if len(trials) > 1 and not templated and trained_on == first_cfg.DATA.DATASET_NAME:
             raise UserError(f"--trial {opts.trial} evaluates one model per {dataset.label} "
                             "split: put {trial} in --model_path (e.g. "
                             "'out/trial_{trial}/best.pth')")

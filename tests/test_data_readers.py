@@ -271,3 +271,13 @@ def test_no_identity_with_both_modalities(regdb_root: Path, tmp_path: Path) -> N
     with pytest.raises(UserError, match="RegDB trial 1 training set: no identity has images "
                                         "in both modalities"):
         build_dataset(cfg_for("regdb", root), verbose=False)
+
+
+@pytest.mark.parametrize("trial", [11, 12])
+def test_regdb_trial_outside_its_ten_splits_is_one_line(regdb_root, trial):
+    from utils.errors import UserError
+
+    cfg = load_config(None, ["DATA.DATASET_NAME", "regdb", "DATA.ROOT", str(regdb_root),
+                             "DATA.TRIAL", str(trial)])
+    with pytest.raises(UserError, match=rf"^DATA.TRIAL = {trial}: RegDB has splits 1..10$"):
+        build_dataset(cfg, verbose=False)

@@ -244,3 +244,20 @@ def test_imagenet_weights_offline_is_a_user_error(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(UserError, match=r"imagenet.*download https://.*resnet18.*PRETRAIN_PATH"):
         build_model(small_cfg("MODEL.PRETRAIN_PATH", "imagenet"), 3)
+
+
+def test_a_damaged_checkpoint_as_pretrain_path_is_one_line(tmp_path):
+    from tests.helpers import SMALL
+    from utils.config import config_to_ini
+    from utils.io import atomic_torch_save
+
+    cfg = load_config(None, SMALL)
+    state = build_model(cfg, 4).state_dict()
+    path = tmp_path / "ckpt.pth"
+    for model, num_classes, message in (
+            ({**state, "note": 3}, 4, r"not tensors: note; unexpected keys: note"),
+            (state, "four", r"num_classes is 'four', not a number of classes")):
+        atomic_torch_save({"model": model, "config": config_to_ini(cfg),
+                           "num_classes": num_classes}, path)
+        with pytest.raises(UserError, match=rf"MODEL.PRETRAIN_PATH = {path}: .*{message}"):
+            build_model(load_config(None, [*SMALL, "MODEL.PRETRAIN_PATH", str(path)]), 4)
