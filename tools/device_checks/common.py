@@ -95,7 +95,7 @@ GPU_PLAN = Plan(image_size=(128, 64), agree_size=(128, 64), agree_batch=4, agree
                 cl_tol_fp32=1e-3, cl_tol_amp=3e-2, eval_dim=2048, sysu_trials=10,
                 big=20_000, huge=100_000, huge_ids=10_000, device_chunk=None,
                 huge_chunk=1 << 26,
-                speed_size=(288, 144), speed_batches=(64, 128), speed_iters=25,
+                speed_size=(288, 144), speed_batches=(64, 128), speed_iters=100,
                 speed_warmup=5, speed_workers=8, infer_images=4096,
                 compile_backend="inductor", compile_steps=20, subprocess_timeout=300)
 

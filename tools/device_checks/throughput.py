@@ -37,6 +37,10 @@ from tools.device_checks.common import (  # noqa: E402
 CONFIG = CONFIG_DIR / "agw_sysumm.ini"
 
 
+# Seconds of NVML samples dropped at the start of a measured block.
+NVML_SETTLE_S = 1.0
+
+
 def _speed_overrides(ctx: Context, batch: int, run: str) -> list[str]:
     plan = ctx.plan
     precision = "bf16" if ctx.cuda else "fp32"
@@ -77,8 +81,9 @@ def gpu_busy(trainer: Any, out: Figures) -> Iterator[None]:
     """Fill ``out['gpu_busy']`` (fraction of the block's wall time) and ``out['gpu_busy_method']``.
 
     NVML's utilization (``torch.cuda.utilization``, needs pynvml) sampled every
-    50 ms when available; else the CUDA-event time of each ``train_step`` over the
-    wall time, an upper bound (a step's own idle gaps count as busy).
+    50 ms after the block's first NVML_SETTLE_S, when available; else the CUDA-event
+    time of each ``train_step`` over the wall time, an upper bound (a step's own idle
+    gaps count as busy).
     """
     device = trainer.device
     if device.type != "cuda":
@@ -93,10 +98,14 @@ def gpu_busy(trainer: Any, out: Figures) -> Iterator[None]:
     if nvml:
         samples: list[int] = []
         stop = threading.Event()
+        # NVML averages over its last sample period (up to 1 s): samples from the first
+        # second still describe what ran before.
+        settled = time.monotonic() + NVML_SETTLE_S
 
         def poll() -> None:
             while not stop.wait(0.05):
-                samples.append(torch.cuda.utilization(device))
+                if time.monotonic() >= settled:
+                    samples.append(torch.cuda.utilization(device))
 
         thread = threading.Thread(target=poll, daemon=True)
         thread.start()
@@ -106,7 +115,8 @@ def gpu_busy(trainer: Any, out: Figures) -> Iterator[None]:
             stop.set()
             thread.join()
         out.update(gpu_busy=float(np.mean(samples)) / 100 if samples else None,
-                   gpu_busy_method="NVML utilization sampled every 50 ms")
+                   gpu_busy_method=f"NVML utilization sampled every 50 ms after the first "
+                                   f"{NVML_SETTLE_S:g} s")
         return
     events = []
     step = trainer.train_step
