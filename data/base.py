@@ -6,6 +6,7 @@ import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -162,6 +163,28 @@ def by_modality(records: Iterable[ImageRecord]) -> dict[str, list[ImageRecord]]:
             "infrared": [r for r in records if r.modality == INFRARED]}
 
 
+@dataclass(frozen=True)
+class ProtocolOption:
+    """A protocol option a dataset offers on ``test.py``'s command line (``--name``).
+
+    Attributes:
+        name: the flag, without dashes (``mode``).
+        help: its help line.
+        choices: the allowed values.
+        type: the value's type (``str`` or ``int``).
+        settings_arg: the ``settings`` keyword it narrows to one value (``modes``),
+            or empty.
+        config_key: the config key it sets instead (``SYSUMM.GALLERY``), or empty.
+    """
+
+    name: str
+    help: str
+    choices: tuple[Any, ...]
+    type: type = str
+    settings_arg: str = ""
+    config_key: str = ""
+
+
 class VIReIDDataset:
     """The dataset contract: records, evaluation sets and the protocol that reads them.
 
@@ -177,8 +200,8 @@ class VIReIDDataset:
     - ``split_trials``: > 0 when the dataset comes in that many fixed train/test
       splits (DATA.TRIAL), one model trained per split (RegDB); 0 when trials
       are gallery samples of one split (TEST.NUM_TRIALS);
-    - ``options``: the protocol options of ``test.py`` it accepts (``mode``,
-      ``shots``, ``gallery``);
+    - ``options``: the protocol options it adds to ``test.py``'s command line
+      (:class:`ProtocolOption`: SYSU-MM01's ``--mode``, ``--shots``, ``--gallery``);
     - ``has_val``: whether identities are held out of training for validation
       (DATA.VAL_IDS for every dataset, or a split of the dataset's own).
 
@@ -196,7 +219,7 @@ class VIReIDDataset:
     headline = ""
     split_trials = 0
     split_key = "split_trial"  # the results' protocol key holding the split trial
-    options: tuple[str, ...] = ()
+    options: tuple[ProtocolOption, ...] = ()
     val_hint = ""  # how else this dataset can provide a validation split, for errors
 
     def __init__(self, root: str, cfg: CfgNode, verbose: bool = True,
@@ -280,7 +303,8 @@ class VIReIDDataset:
                 protocol samples galleries).
             monitor: only the settings worth computing at every periodic
                 evaluation during training (the headline at least).
-            options: protocol options named in ``options`` (e.g. ``modes``, ``shots``).
+            options: the ``settings_arg`` keywords of the dataset's ``options``
+                (e.g. ``modes``, ``shots``).
 
         Returns:
             (settings, info): the headline setting first; ``info`` is written into

@@ -269,15 +269,14 @@ def make_train_loader(cfg: CfgNode, dataset: VIReIDDataset, rank: int | None = N
     return loader, sampler
 
 
-def make_test_loader(cfg: CfgNode, records: Sequence[ImageRecord], flip: bool = False,
-                     split: str = "test", verbose: bool = True,
-                     device: torch.device | str | None = None) -> DataLoader:
+def make_test_loader(cfg: CfgNode, records: Sequence[ImageRecord], split: str = "test",
+                     verbose: bool = True, device: torch.device | str | None = None
+                     ) -> DataLoader:
     """Feature-extraction loader over ``records`` in their order.
 
     Args:
         cfg: the configuration (DATA.SIZE_TEST, RESIZE, TEST_BATCH_SIZE, NUM_WORKERS, CACHE).
         records: images to load.
-        flip: mirror every image (test-time augmentation).
         split: name of the record list in the decoded cache's file name.
         verbose: print a line when the decoded cache is built.
         device: where batches are normalised and ``img`` is delivered; None = CPU.
@@ -286,7 +285,7 @@ def make_test_loader(cfg: CfgNode, records: Sequence[ImageRecord], flip: bool = 
         raise UserError(f"no images to load for the {split} split")
     size = tuple(cfg.DATA.SIZE_TEST)
     store = _store(cfg, records, size, split, verbose)
-    transform = EvalTransform(cfg, flip)
+    transform = EvalTransform(cfg)
     images = EvalImageSet(records, size, transform, store, cfg.DATA.RESIZE)
     device = None if device is None else torch.device(device)
     batches = BatchSampler(SequentialSampler(range(len(records))), cfg.DATA.TEST_BATCH_SIZE,

@@ -12,6 +12,7 @@ from yacs.config import CfgNode
 
 from data.base import (
     ImageRecord,
+    ProtocolOption,
     VIReIDDataset,
     keep_two_modality_ids,
     list_images,
@@ -20,6 +21,7 @@ from data.base import (
     sort_records,
 )
 from data.protocols import Setting, group_by_id_camera, seeded_gallery
+from utils.config import Key, add_config_section
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
 from utils.metrics import RankingRule
@@ -28,6 +30,16 @@ RGB_CAMS = (1, 2, 4, 5)
 IR_CAMS = (3, 6)
 SEARCH_CAMS = {"all": RGB_CAMS, "indoor": (1, 2)}
 SHOTS = (1, 10)
+GALLERIES = ("auto", "official", "random")
+
+add_config_section("SYSUMM", "SYSU-MM01's own options", [
+    Key("VAL_AS_TRAIN", True, "Train on train + val ids (the field's practice); no = hold the "
+        "official val ids out as the validation split."),
+    Key("GALLERY", "auto", "Gallery sampling: auto (official file if found, else random), "
+        "official (rand_perm_cam.mat) or random (seeded, AGW family).", choices=GALLERIES),
+    Key("PERM_PATH", "", "Official permutation file; empty = <DATA.ROOT>/exp/rand_perm_cam.mat."),
+], owner=__name__, renames={"DATA.SYSU_VAL_AS_TRAIN": "VAL_AS_TRAIN",
+                            "TEST.GALLERY": "GALLERY", "TEST.PERM_PATH": "PERM_PATH"})
 
 
 def setting_name(mode: str, shots: int) -> str:
@@ -84,7 +96,7 @@ def sample_gallery_official(records: Sequence[ImageRecord], cams: Sequence[int],
             if m.shape[1] != len(files):
                 raise UserError(
                     f"{perm.path}: lists {m.shape[1]} images for id {pid} in cam{cam} but "
-                    f"the dataset has {len(files)}; use TEST.GALLERY random for this dataset")
+                    f"the dataset has {len(files)}; use SYSUMM.GALLERY random for this dataset")
             if files:
                 out.extend(files[j - 1] for j in m[trial - 1, :shots])
     return np.asarray(out, dtype=np.int64)
@@ -95,12 +107,12 @@ def resolve_gallery(choice: str, perm_path: str, root: str
     """Pick the gallery sampling: ``official`` (with its file) or ``random``.
 
     Args:
-        choice: TEST.GALLERY: auto (official when the file exists), official or random.
-        perm_path: TEST.PERM_PATH; empty = ``<root>/exp/rand_perm_cam.mat``.
+        choice: SYSUMM.GALLERY: auto (official when the file exists), official or random.
+        perm_path: SYSUMM.PERM_PATH; empty = ``<root>/exp/rand_perm_cam.mat``.
         root: dataset root.
 
     Raises:
-        UserError: official asked for (or an explicit TEST.PERM_PATH given) and
+        UserError: official asked for (or an explicit SYSUMM.PERM_PATH given) and
             the file is missing or unreadable.
     """
     if choice == "random":
@@ -108,10 +120,10 @@ def resolve_gallery(choice: str, perm_path: str, root: str
     path = perm_path or os.path.join(root, "exp", "rand_perm_cam.mat")
     if not Path(path).is_file():
         if choice == "official" or perm_path:
-            where = "TEST.PERM_PATH" if perm_path else "<DATA.ROOT>/exp/rand_perm_cam.mat"
+            where = "SYSUMM.PERM_PATH" if perm_path else "<DATA.ROOT>/exp/rand_perm_cam.mat"
             raise UserError(f"SYSU-MM01 official gallery: permutation file {path} not found "
-                            f"({where}); set TEST.PERM_PATH to rand_perm_cam.mat or use "
-                            "TEST.GALLERY random")
+                            f"({where}); set SYSUMM.PERM_PATH to rand_perm_cam.mat or use "
+                            "SYSUMM.GALLERY random")
         return "random", None
     return "official", SysuPermutations(path)
 
@@ -148,7 +160,7 @@ def search_settings(pool: Sequence[ImageRecord], rule: RankingRule, modes: Seque
 class SYSUMM01(VIReIDDataset):
     """SYSU-MM01 with the official id split (``exp/{train,val,test}_id.txt``).
 
-    Training uses train + val ids when ``cfg.DATA.SYSU_VAL_AS_TRAIN`` (the
+    Training uses train + val ids when ``cfg.SYSUMM.VAL_AS_TRAIN`` (the
     field's practice), else train ids only and the val ids become a held-out
     validation split. Training pids are relabelled 0..N-1 in sorted pid order;
     evaluation records keep the dataset's pids. Every list is sorted by
@@ -164,15 +176,21 @@ class SYSUMM01(VIReIDDataset):
     label = "SYSU-MM01"
     layout = "cam1/ .. cam6/<pid:04d>/<n:04d>.jpg and exp/{train,val,test}_id.txt"
     headline = setting_name("all", 1)
-    options = ("mode", "shots", "gallery")
-    val_hint = "or DATA.SYSU_VAL_AS_TRAIN = no for the official val ids"
+    options = (
+        ProtocolOption("mode", "SYSU-MM01 search mode (default both)", tuple(SEARCH_CAMS),
+                       settings_arg="modes"),
+        ProtocolOption("shots", "SYSU-MM01 gallery images per id per camera (default both)",
+                       SHOTS, int, settings_arg="shots"),
+        ProtocolOption("gallery", "SYSU-MM01 gallery sampling (default SYSUMM.GALLERY)",
+                       GALLERIES[1:], config_key="SYSUMM.GALLERY"))
+    val_hint = "or SYSUMM.VAL_AS_TRAIN = no for the official val ids"
     # Official camera labels [1 2 2 4 5 6]: cam 3 shares cam 2's room.
     rule = RankingRule("sysu", skip="camera", camera_groups=((3, 2),), dedup_cmc=True)
 
     def title(self) -> str:
         if not self.need_train:
             return "SYSU-MM01"
-        ids = "train+val ids" if self.cfg.DATA.SYSU_VAL_AS_TRAIN else "train ids, val held out"
+        ids = "train+val ids" if self.cfg.SYSUMM.VAL_AS_TRAIN else "train ids, val held out"
         return f"SYSU-MM01 ({ids})"
 
     def _ids(self, split: str) -> list[int]:
@@ -211,7 +229,7 @@ class SYSUMM01(VIReIDDataset):
             if overlap:
                 raise UserError(f"{self.title()}: exp/test_id.txt shares ids with the training "
                                 f"ids (e.g. {overlap[0]}); the split must be disjoint")
-            if self.cfg.DATA.SYSU_VAL_AS_TRAIN:
+            if self.cfg.SYSUMM.VAL_AS_TRAIN:
                 train_ids = sorted(set(train_ids) | set(val_ids))
             else:
                 self.val_sets = self._sets(val_ids, "val")
@@ -233,8 +251,8 @@ class SYSUMM01(VIReIDDataset):
             UserError: the official file holds fewer trials than asked for.
         """
         trials = tuple(trials or range(1, cfg.TEST.NUM_TRIALS + 1))
-        choice = "random" if split == "val" else cfg.TEST.GALLERY
-        method, perm = resolve_gallery(choice, cfg.TEST.PERM_PATH, self.root)
+        choice = "random" if split == "val" else cfg.SYSUMM.GALLERY
+        method, perm = resolve_gallery(choice, cfg.SYSUMM.PERM_PATH, self.root)
         if perm is not None and max(trials) > perm.num_trials:
             raise UserError(f"{perm.path} holds {perm.num_trials} trials; TEST.NUM_TRIALS or "
                             f"--trial asks for trial {max(trials)}")

@@ -121,20 +121,19 @@ class Normalize:
 
 
 class EvalTransform:
-    """Test transform: the image is already resized; normalise, optionally mirror.
+    """Test transform: the image is already resized; normalise. (Test-time flip is done
+    on the batch by the feature extraction, ``engine.inference``.)
 
     Args:
         cfg: the configuration.
-        flip: mirror every image (test-time augmentation).
     """
 
-    def __init__(self, cfg: CfgNode, flip: bool = False) -> None:
+    def __init__(self, cfg: CfgNode) -> None:
         self.normalize = Normalize(cfg)
-        self.flip = flip
 
     def sample(self, img: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 array -> (3, H, W) uint8 tensor, mirrored when ``flip``."""
-        return to_chw(img[:, ::-1] if self.flip else img)
+        """(H, W, 3) uint8 array -> (3, H, W) uint8 tensor."""
+        return to_chw(img)
 
     def finish(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 -> normalised float."""

@@ -21,14 +21,9 @@ import numpy as np
 import torch
 from yacs.config import CfgNode
 
-from utils.config import config_from_ini_text
+from utils.config import config_differences, config_from_ini_text, network_differences
 from utils.errors import UserError
 from utils.io import atomic_torch_save, load_tensor_file
-
-# MODEL keys that do not change the network: resuming or testing on another
-# device or without the ImageNet file at hand is fine, the weights come from
-# the checkpoint.
-FREE_MODEL_KEYS = {"MODEL.DEVICE", "MODEL.PRETRAIN_PATH"}
 
 
 def capture_rng_state(sampler: Any = None) -> dict[str, Any]:
@@ -98,21 +93,28 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def config_differences(old: CfgNode, new: CfgNode) -> list[tuple[str, Any, Any]]:
-    """Keys whose value differs between two configs, as (SECTION.KEY, old, new)."""
-    diffs = []
-    for section in new:
-        for key, value in new[section].items():
-            before = old[section][key] if key in old.get(section, {}) else None
-            if before != value:
-                diffs.append((f"{section}.{key}", before, value))
-    return diffs
+def saved_config(ckpt: dict[str, Any], path: str | os.PathLike) -> CfgNode:
+    """The checkpoint's saved config, parsed once (kept in the loaded dict).
+
+    Configs saved before keys moved into method sections read with the new names.
+    """
+    if "_parsed_config" not in ckpt:
+        ckpt["_parsed_config"] = config_from_ini_text(str(ckpt["config"]),
+                                                      where=f"{path} (saved config)")
+    return ckpt["_parsed_config"]
 
 
-def model_differences(old: CfgNode, new: CfgNode) -> list[tuple[str, Any, Any]]:
-    """The MODEL keys that change the network between two configs, as (key, old, new)."""
-    return [d for d in config_differences(old, new)
-            if d[0].startswith("MODEL.") and d[0] not in FREE_MODEL_KEYS]
+def check_same_network(saved: CfgNode, cfg: CfgNode, path: str | os.PathLike,
+                       source: str) -> None:
+    """Refuse a config whose network differs from a checkpoint's.
+
+    Raises:
+        UserError: naming the first key that defines the network (MODEL keys other than
+            DEVICE and PRETRAIN_PATH, and the methods' network keys) and both values.
+    """
+    for key, before, now in network_differences(saved, cfg):
+        raise UserError(f"{source}: {key} = {now!r} but the checkpoint {path} was trained "
+                        f"with {before!r}; the keys that define the network must match")
 
 
 def check_resume_compatible(ckpt: dict[str, Any], cfg: CfgNode, num_classes: int,
@@ -121,16 +123,16 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: CfgNode, num_classes: int
 
     Raises:
         UserError: a checkpoint without training state (an imported published
-            model), or a MODEL key (other than DEVICE / PRETRAIN_PATH) or the number
-            of classes differs from the checkpoint's.
+            model), or a key that defines the network or the number of classes
+            differs from the checkpoint's.
     """
     if "optimizer" not in ckpt:
         raise UserError(f"{where}: holds a network without its training state (such as an "
                         "imported published model), so it cannot be resumed; to train from "
                         f"it, start a run with MODEL.PRETRAIN_PATH {where}")
-    old = config_from_ini_text(ckpt["config"], where=f"{where} (saved config)")
+    old = saved_config(ckpt, where)
     diffs = config_differences(old, cfg)
-    model_diffs = model_differences(old, cfg)
+    model_diffs = network_differences(old, cfg)
     problems = [f"{k}: {a!r} -> {b!r}" for k, a, b in model_diffs]
     if int(ckpt["num_classes"]) != num_classes:
         problems.append(f"number of classes: {int(ckpt['num_classes'])} -> {num_classes}")

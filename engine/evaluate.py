@@ -34,7 +34,8 @@ from data import DATASETS
 from data.base import ImageRecord, VIReIDDataset
 from data.protocols import Setting
 from engine.inference import extract_record_features
-from utils.metrics import FeatureDistances, evaluate_ranking, feature_distance
+from utils.distances import FeatureDistances, feature_distance
+from utils.metrics import evaluate_ranking
 from utils.rerank import check_rerank_size, k_reciprocal_rerank
 
 RANKS = (1, 5, 10, 20)
@@ -196,7 +197,8 @@ def run_evaluation(cfg: CfgNode, model: nn.Module, dataset: VIReIDDataset, *,
                                                monitor=monitor, **(options or {}))
     feats = extract_sets(cfg, model, sets, device, split)
     results = assemble(cfg, dataset.name, split, info,
-                       evaluate_features(cfg, settings, feats, sets, log))
+                       evaluate_features(cfg, settings, feats, sets, log),
+                       expanded=getattr(model, "views", 1) > 1)
     return Evaluation(results, settings, sets, feats)
 
 
@@ -207,13 +209,14 @@ def evaluate(cfg: CfgNode, model: nn.Module, dataset: VIReIDDataset, **kwargs: A
 
 
 def assemble(cfg: CfgNode, dataset_name: str, split: str, info: dict[str, Any],
-             settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The results dict: protocol description, settings and headline."""
+             settings: dict[str, dict[str, Any]], expanded: bool = False) -> dict[str, Any]:
+    """The results dict: protocol description, settings and headline (``expanded``: the
+    network stacks several embeddings per image, so TEST.VIEWS applies)."""
     test = cfg.TEST
     rerank = ({"k1": cfg.TEST.RERANK_K1, "k2": cfg.TEST.RERANK_K2,
                "lambda": cfg.TEST.RERANK_LAMBDA} if cfg.TEST.RERANK else False)
     # Which embeddings: only a network that expands them has a choice (None otherwise).
-    views = test.VIEWS if cfg.MODEL.DEE_BRANCHES else None
+    views = test.VIEWS if expanded else None
     protocol = {**info, "feature": test.FEAT, "views": views, "norm_each": test.NORM_EACH,
                 "part_weights": list(test.PART_WEIGHTS),
                 "norm": test.NORM, "distance": test.DISTANCE, "flip": test.FLIP,

@@ -26,7 +26,8 @@ from yacs.config import CfgNode
 
 import data
 from data import DATASETS, VIReIDDataset
-from engine.checkpoint import load_checkpoint, model_differences
+from data.base import ProtocolOption
+from engine.checkpoint import check_same_network, load_checkpoint, saved_config
 from engine.cli import parse_trials
 from engine.distributed import resolve_device
 from engine.evaluate import format_tables, headline, run_evaluation, summarize
@@ -43,6 +44,7 @@ from utils.config import (
 )
 from utils.errors import UserError
 from utils.io import atomic_write_bytes, atomic_write_text
+from utils.state import load_state
 
 
 @dataclass
@@ -52,9 +54,7 @@ class TestOptions:
     model_path: str
     config: str | None = None
     trial: str | None = None
-    mode: str | None = None
-    shots: int | None = None
-    gallery: str | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
     output: str | None = None
     save_features: str | None = None
     device: str | None = None
@@ -70,25 +70,23 @@ def _with_overrides(base_text: str, where: str, overrides: list[str]) -> CfgNode
     return config_from_ini_text(config_to_ini(cfg), where="command line")
 
 
-def resolve_config(ckpt: dict[str, Any], path: str, opts: TestOptions) -> CfgNode:
-    """The config to test with: the checkpoint's (or ``--config``) plus overrides.
+def resolve_config(saved: CfgNode, path: str, opts: TestOptions) -> CfgNode:
+    """The config to test with: the checkpoint's saved one (or ``--config``) plus the
+    overrides and the dataset options of the command line.
 
     Raises:
-        UserError: a MODEL key differs from the checkpoint's.
+        UserError: a key that defines the network differs from the checkpoint's.
     """
-    saved = config_from_ini_text(str(ckpt["config"]), where=f"{path} (saved config)")
     if opts.config:
         cfg = load_config(opts.config, opts.overrides)
         source = opts.config
     else:
         cfg = _with_overrides(config_to_ini(saved), f"{path} (saved config)", opts.overrides)
         source = "command line"
-    for key, before, now in model_differences(saved, cfg):
-        raise UserError(f"{source}: {key} = {now!r} but the checkpoint {path} was trained "
-                        f"with {before!r}; the MODEL keys must match the checkpoint")
-    cfg = with_values(cfg, MODEL__PRETRAIN_PATH="", MODEL__DEVICE=opts.device or cfg.MODEL.DEVICE,
-                      TEST__GALLERY=opts.gallery or cfg.TEST.GALLERY)
-    return cfg
+    check_same_network(saved, cfg, path, source)
+    values = {key.replace(".", "__"): value for key, value in _option_keys(opts).items()}
+    return with_values(cfg, MODEL__PRETRAIN_PATH="",
+                       MODEL__DEVICE=opts.device or cfg.MODEL.DEVICE, **values)
 
 
 def load_model(cfg: CfgNode, ckpt: dict[str, Any], path: str) -> torch.nn.Module:
@@ -99,44 +97,39 @@ def load_model(cfg: CfgNode, ckpt: dict[str, Any], path: str) -> torch.nn.Module
     """
     num_classes = int(ckpt["num_classes"])
     model = build_model(cfg, num_classes)
-    state = ckpt["model"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: 'model' is not a state dict")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
-               ([f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + \
-               ([f"shape {'; '.join(shapes[:3])}"] if shapes else [])
-    if problems:
-        m = cfg.MODEL
-        raise UserError(
-            f"{path} does not fit the model of the config (MODEL.NAME = {m.NAME}, "
-            f"MODEL.SHARED_FROM = {m.SHARED_FROM}, {num_classes} classes): "
-            + "; ".join(problems))
-    model.load_state_dict(state)
+    load_state(model, ckpt["model"], f"{path} does not fit the model of its config "
+               f"(MODEL.NAME = {cfg.MODEL.NAME}, {num_classes} classes)")
     return model
 
 
+def _given(opts: TestOptions) -> dict[str, tuple[ProtocolOption, Any]]:
+    """The dataset options given on the command line: name -> (option, value)."""
+    known = {o.name: o for cls in DATASETS.values() for o in cls.options}
+    return {name: (known[name], value) for name, value in opts.protocol.items()
+            if value is not None}
+
+
+def _option_keys(opts: TestOptions) -> dict[str, Any]:
+    """Config keys set by dataset options (``--gallery`` -> SYSUMM.GALLERY)."""
+    return {o.config_key: v for o, v in _given(opts).values() if o.config_key}
+
+
 def protocol_options(opts: TestOptions, dataset: type[VIReIDDataset]) -> dict[str, Any]:
-    """The dataset's protocol options from ``--mode`` / ``--shots`` / ``--gallery``.
+    """The ``settings`` keywords of the dataset options given (``--mode indoor`` ->
+    ``modes=['indoor']``).
 
     Raises:
-        UserError: an option the dataset's protocol does not have.
+        UserError: an option the dataset does not offer.
     """
-    given = {"mode": opts.mode, "shots": opts.shots, "gallery": opts.gallery}
-    for flag, value in given.items():
-        if value is not None and flag not in dataset.options:
-            having = [cls.label for cls in DATASETS.values() if flag in cls.options]
-            raise UserError(f"--{flag} applies to {', '.join(having) or 'no dataset'} only; "
-                            f"the config's dataset is {dataset.label}")
     out: dict[str, Any] = {}
-    if opts.mode:
-        out["modes"] = [opts.mode]
-    if opts.shots:
-        out["shots"] = [opts.shots]
+    for name, (option, value) in _given(opts).items():
+        if option not in dataset.options:
+            having = [cls.label for cls in DATASETS.values()
+                      if any(o.name == name for o in cls.options)]
+            raise UserError(f"--{name} applies to {', '.join(having)} only; the config's "
+                            f"dataset is {dataset.label}")
+        if option.settings_arg:
+            out[option.settings_arg] = [value]
     return out
 
 
@@ -150,8 +143,8 @@ def _evaluate_checkpoint(path: str, ckpt: dict[str, Any], opts: TestOptions,
                          split_trial: int | None, gallery_trials: list[int] | None,
                          features: dict[str, Any] | None, prefix: str
                          ) -> tuple[CfgNode, dict[str, Any]]:
-    cfg = resolve_config(ckpt, path, opts)
-    saved = config_from_ini_text(str(ckpt["config"]), where=f"{path} (saved config)")
+    saved = saved_config(ckpt, path)
+    cfg = resolve_config(saved, path, opts)
     name = cfg.DATA.DATASET_NAME
     if split_trial is not None:
         if saved.DATA.DATASET_NAME == name and saved.DATA.TRIAL != split_trial:
@@ -214,14 +207,13 @@ def run_test(opts: TestOptions) -> dict[str, Any]:
     # The tested dataset decides what --trial means; read it from the first checkpoint's
     # config with the command line applied.
     first_ckpt = load_checkpoint(first_path)
-    first_cfg = resolve_config(first_ckpt, first_path, opts)
+    first_cfg = resolve_config(saved_config(first_ckpt, first_path), first_path, opts)
     dataset = DATASETS[first_cfg.DATA.DATASET_NAME]
     protocol_options(opts, dataset)
     features: dict[str, Any] | None = {} if opts.save_features else None
     if dataset.split_trials:
         trials = parse_trials(opts.trial, dataset.split_trials) or [first_cfg.DATA.TRIAL]
-        trained_on = config_from_ini_text(str(first_ckpt["config"]),
-                                          where=f"{first_path} (saved config)").DATA.DATASET_NAME
+        trained_on = saved_config(first_ckpt, first_path).DATA.DATASET_NAME
         # A model of another dataset is one model for every split; one of this dataset's
         # was trained on one split and has a sibling per split.
         if len(trials) > 1 and not templated and trained_on == first_cfg.DATA.DATASET_NAME:

@@ -56,6 +56,7 @@ from solver import build_optimizer, build_scheduler
 from utils.config import config_to_ini, save_config
 from utils.errors import UserError
 from utils.io import atomic_write_bytes
+from utils.state import load_state
 
 
 class NonFiniteLossError(UserError):
@@ -148,9 +149,10 @@ class Trainer:
         # effect; moments and step counts come from the checkpoint.
         fresh = [{k: v for k, v in g.items() if k != "params"}
                  for g in self.optimizer.param_groups]
+        # LOSS.TERMS decides whether the model has modality heads.
+        load_state(unwrap(self.model), ckpt["model"],
+                   f"{path}: cannot resume, the checkpoint's network differs")
         try:
-            # LOSS.TERMS decides whether the model has modality heads.
-            unwrap(self.model).load_state_dict(ckpt["model"])
             self.criterion.load_state_dict(ckpt["criterion"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -253,12 +255,12 @@ class Trainer:
         """One optimizer step on one batch; returns the loss terms (averaged over ranks)."""
         dev = self.device
         img = batch["img"].to(dev, non_blocking=True, memory_format=self.memory_format)
-        pid = batch["pid"].to(dev, non_blocking=True)
-        modality = batch["modality"].to(dev, non_blocking=True)
+        labels = {k: batch[k].to(dev, non_blocking=True)
+                  for k in ("pid", "modality", "cam", "part") if k in batch}
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp):
-            outputs = self.model(img, modality)
-            loss, terms = self.criterion(outputs, pid, modality)
+            outputs = self.model(img, labels["modality"])
+            loss, terms = self.criterion(outputs, labels)
         names = list(terms)
         # One host sync per step: the values are needed to stop on NaN before
         # they reach the weights, and under DDP every rank must stop together.

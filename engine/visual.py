@@ -9,7 +9,7 @@ from yacs.config import CfgNode
 
 from engine.evaluate import Evaluation
 from utils.gap_pictures import distance_histograms, embedding_map
-from utils.metrics import feature_distance
+from utils.distances import feature_distance
 from utils.visualize import cmc_curves, ranked_sheet
 
 

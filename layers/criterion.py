@@ -1,4 +1,11 @@
-"""The training criterion: a dict of weighted, named loss terms chosen by LOSS.TERMS."""
+"""The training criterion: a dict of weighted, named loss terms chosen by LOSS.TERMS.
+
+A loss term is a module called as ``term(outputs, batch)``: ``outputs`` is the
+model's training dict (``feat``, ``bn_feat``, ``logits``, ``views``, every stage's
+map by name, the extras inserted modules recorded), ``batch`` a :class:`LossBatch`
+with one label of each kind per row of the outputs. A method registers its terms
+in ``LOSS_TERMS`` with a :class:`LossSpec` from its own module.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,24 +17,45 @@ import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode
 
-from layers.deen_losses import (
-    adaptive_triplet_adp,
-    center_guided_pair_mining,
-    orthogonality_loss,
-    weighted_regularized_triplet_published,
-)
-from layers.metric import (
-    CenterLoss,
-    batch_distance,
-    batch_hard_triplet,
-    mining_masks,
-    weighted_regularized_triplet,
-)
+from layers.metric import CenterLoss, batch_hard_triplet, mining_masks
 from utils.constants import INFRARED, VISIBLE
-from utils.errors import UserError
+from utils.distances import pairwise_distance
 from utils.registry import Registry
 
 Outputs = dict[str, torch.Tensor | int]
+
+
+@dataclass(frozen=True)
+class LossBatch:
+    """The labels of a training batch, one per row of the model's outputs.
+
+    With V embedding views (an expanding network) the B images' labels are tiled V
+    times, so row ``v * B + i`` of every field belongs to image i.
+
+    Attributes:
+        pid: (V*B,) identity labels 0..C-1.
+        modality: (V*B,) 0 visible / 1 infrared.
+        cam: (V*B,) camera ids.
+        part: (V*B,) batch part (``data.transforms.PART_PLAIN``, ``PART_COPY``: CAJ's
+            visible copies).
+        views: V.
+    """
+
+    pid: torch.Tensor
+    modality: torch.Tensor
+    cam: torch.Tensor
+    part: torch.Tensor
+    views: int = 1
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, torch.Tensor], views: int = 1) -> LossBatch:
+        """The labels of a loader batch (``pid``, ``modality``; ``cam``, ``part`` if
+        present), tiled over ``views``."""
+        pid = batch["pid"]
+        fields = [batch.get(k, torch.zeros_like(pid)) for k in ("pid", "modality", "cam", "part")]
+        if views > 1:
+            fields = [f.repeat(views) for f in fields]
+        return cls(*fields, views=views)
 
 # Terms that need the modality-specific ID heads (the model builds them when any is used).
 HEAD_TERMS = ("modality_id", "kl")
@@ -47,15 +75,16 @@ class IdentityLoss(nn.Module):
         super().__init__()
         self.label_smooth = label_smooth
 
-    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs["logits"].float(), pid, label_smoothing=self.label_smooth)
+    def forward(self, outputs: Outputs, batch: LossBatch) -> torch.Tensor:
+        return F.cross_entropy(outputs["logits"].float(), batch.pid,
+                               label_smoothing=self.label_smooth)
 
 
 class MetricTerm(nn.Module):
     """A metric loss on ``outputs[feat_key]``: ``loss(dist, pos, neg)`` over the batch's
     pairwise distances and the positive / negative masks of ``mining`` (``layers.metric``).
 
-    Batch-hard triplet, AGW's WRT (exact or published) and CAJ's ADP are all of this form.
+    Batch-hard triplet, AGW's WRT and CAJ's ADP are all of this form.
     """
 
     def __init__(self, distance: str, mining: str, feat_key: str,
@@ -64,45 +93,10 @@ class MetricTerm(nn.Module):
         super().__init__()
         self.distance, self.mining, self.feat_key, self.loss = distance, mining, feat_key, loss
 
-    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        dist = batch_distance(outputs[self.feat_key], self.distance)
-        pos, neg = mining_masks(pid, modality, self.mining)
+    def forward(self, outputs: Outputs, batch: LossBatch) -> torch.Tensor:
+        dist = pairwise_distance(outputs[self.feat_key], metric=self.distance)
+        pos, neg = mining_masks(batch.pid, batch.modality, self.mining)
         return self.loss(dist, pos, neg)
-
-
-def _views(outputs: Outputs, term: str) -> list[torch.Tensor]:
-    """The pooled features of each embedding view: [original, branch 1, ...], (B, D) each."""
-    views = int(outputs.get("views", 1))
-    if views < 2:
-        raise ValueError(f"loss term {term!r} needs expanded embeddings: set "
-                         "MODEL.DEE_BRANCHES")
-    return list(outputs["feat"].float().chunk(views))
-
-
-class CPMTerm(nn.Module):
-    """DEEN's centre-guided pair mining: every expanded view against the originals, summed."""
-
-    def __init__(self, margin: float, detach_own: bool) -> None:
-        super().__init__()
-        self.margin, self.detach_own = margin, detach_own
-
-    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        original, *expanded = _views(outputs, "cpm")
-        b = original.shape[0]
-        return torch.stack([center_guided_pair_mining(original, e, pid[:b], modality[:b],
-                                                      self.margin, self.detach_own)
-                            for e in expanded]).sum()
-
-
-class OrthogonalityTerm(nn.Module):
-    """DEEN's orthogonality of the expanded views' pooled features, over every pair of them."""
-
-    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        _, *expanded = _views(outputs, "orth")
-        views = len(expanded) + 1
-        pairs = [orthogonality_loss(a, b, views) for i, a in enumerate(expanded)
-                 for b in expanded[i + 1:]]
-        return torch.stack(pairs).sum() if pairs else outputs["feat"].sum() * 0.0
 
 
 class CenterTerm(nn.Module):
@@ -113,8 +107,8 @@ class CenterTerm(nn.Module):
         self.center = CenterLoss(num_classes, feat_dim, alpha)
         self.feat_key = feat_key
 
-    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
-        return self.center(outputs[self.feat_key], pid)
+    def forward(self, outputs: Outputs, batch: LossBatch) -> torch.Tensor:
+        return self.center(outputs[self.feat_key], batch.pid)
 
 
 class ModalityIdentityLoss(nn.Module):
@@ -128,7 +122,8 @@ class ModalityIdentityLoss(nn.Module):
         super().__init__()
         self.label_smooth = label_smooth
 
-    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs: Outputs, batch: LossBatch) -> torch.Tensor:
+        pid, modality = batch.pid, batch.modality
         logits = _head_logits(outputs, "modality_id").float()  # (2, B, C)
         total = logits.sum() * 0.0
         for head in (VISIBLE, INFRARED):
@@ -148,7 +143,8 @@ class ModalityConsistencyLoss(nn.Module):
     terms are summed. Zero when the heads agree.
     """
 
-    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs: Outputs, batch: LossBatch) -> torch.Tensor:
+        modality = batch.modality
         logits = _head_logits(outputs, "kl").float()  # (2, B, C)
         total = logits.sum() * 0.0
         for head, other in ((VISIBLE, INFRARED), (INFRARED, VISIBLE)):
@@ -164,41 +160,16 @@ def _id(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
     return IdentityLoss(cfg.LOSS.LABEL_SMOOTH)
 
 
-def _metric(cfg: CfgNode, loss: Callable[..., torch.Tensor], **kwargs: float | bool
-            ) -> MetricTerm:
+def metric_term(cfg: CfgNode, loss: Callable[..., torch.Tensor], **kwargs: float | bool
+                ) -> MetricTerm:
+    """A :class:`MetricTerm` of ``loss(dist, pos, neg, **kwargs)`` on LOSS.METRIC_FEAT with
+    LOSS.TRIPLET_DISTANCE and LOSS.TRIPLET_MINING."""
     return MetricTerm(cfg.LOSS.TRIPLET_DISTANCE, cfg.LOSS.TRIPLET_MINING, _feat_key(cfg),
                       partial(loss, **kwargs))
 
 
 def _triplet(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
-    return _metric(cfg, batch_hard_triplet, margin=cfg.LOSS.MARGIN)
-
-
-def _wrt(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
-    return _metric(cfg, weighted_regularized_triplet if cfg.LOSS.WRT_FORM == "exact"
-                   else weighted_regularized_triplet_published)
-
-
-def _adp(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
-    loss = cfg.LOSS
-    return _metric(cfg, adaptive_triplet_adp, alpha=loss.ADP_ALPHA, gamma=loss.ADP_GAMMA,
-                   square=loss.ADP_SQUARE)
-
-
-def _need_views(cfg: CfgNode, term: str, branches: int) -> None:
-    if cfg.MODEL.DEE_BRANCHES < branches:
-        raise UserError(f"LOSS.TERMS has {term}, which needs expanded embeddings: "
-                        f"MODEL.DEE_BRANCHES >= {branches} (it is {cfg.MODEL.DEE_BRANCHES})")
-
-
-def _cpm(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
-    _need_views(cfg, "cpm", 1)
-    return CPMTerm(cfg.LOSS.CPM_MARGIN, cfg.LOSS.CPM_DETACH)
-
-
-def _orth(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
-    _need_views(cfg, "orth", 2)
-    return OrthogonalityTerm()
+    return metric_term(cfg, batch_hard_triplet, margin=cfg.LOSS.MARGIN)
 
 
 def _center(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
@@ -224,7 +195,7 @@ class LossSpec:
     Attributes:
         key: name of the term in the loss dict and the logs (``loss_id``, ...).
         build: ``build(cfg, num_classes, feat_dim)`` -> the term module, called as
-            ``term(outputs, pid, modality)`` -> scalar.
+            ``term(outputs, batch)`` -> scalar (``batch``: a :class:`LossBatch`).
         weight: ``weight(cfg)`` -> the term's weight.
     """
 
@@ -238,26 +209,21 @@ LOSS_TERMS: Registry = Registry("LOSS.TERMS", "loss term")
 LOSS_TERMS.update({
     "id": LossSpec("loss_id", _id, lambda cfg: cfg.LOSS.ID_WEIGHT),
     "triplet": LossSpec("loss_tri", _triplet, lambda cfg: cfg.LOSS.TRIPLET_WEIGHT),
-    "wrt": LossSpec("loss_wrt", _wrt, lambda cfg: cfg.LOSS.WRT_WEIGHT),
     "center": LossSpec("loss_center", _center, lambda cfg: cfg.LOSS.CENTER_WEIGHT),
     "modality_id": LossSpec("loss_modality_id", _modality_id,
                             lambda cfg: cfg.LOSS.MODALITY_ID_WEIGHT),
     "kl": LossSpec("loss_kl", _kl, lambda cfg: cfg.LOSS.KL_WEIGHT),
-    "adp": LossSpec("loss_adp", _adp, lambda cfg: cfg.LOSS.ADP_WEIGHT),
-    "cpm": LossSpec("loss_cpm", _cpm, lambda cfg: cfg.LOSS.CPM_WEIGHT),
-    "orth": LossSpec("loss_orth", _orth, lambda cfg: cfg.LOSS.ORTH_WEIGHT),
 })
 
 
 class Criterion(nn.Module):
     """Weighted sum of named terms; the terms are also returned so each can be logged.
 
-    Call ``criterion(outputs, pid, modality)`` with the model's training outputs
-    (``feat``, ``bn_feat``, ``logits`` (V*B, C), ``views`` V and, for the head
-    terms, ``head_logits`` (2, V*B, C)), pid (B,) and modality (B,). The labels
-    are tiled over the V embedding views, so every term sees one label per row.
-    Returns ``(total, {'loss_id': ..., 'loss_tri': ..., ...})``: the float32 sum
-    and the weighted scalar terms.
+    Call ``criterion(outputs, batch)`` with the model's training outputs and the
+    loader's batch (``pid``, ``modality`` and, when present, ``cam``, ``part``, each
+    (B,)); the labels are tiled over the outputs' V embedding views
+    (:class:`LossBatch`). Returns ``(total, {'loss_id': ..., 'loss_tri': ..., ...})``:
+    the float32 sum and the weighted scalar terms.
     """
 
     def __init__(self, terms: dict[str, tuple[nn.Module, float]]) -> None:
@@ -265,12 +231,11 @@ class Criterion(nn.Module):
         self.terms = nn.ModuleDict({key: module for key, (module, _) in terms.items()})
         self.weights = {key: weight for key, (_, weight) in terms.items()}
 
-    def forward(self, outputs: Outputs, pid: torch.Tensor, modality: torch.Tensor
+    def forward(self, outputs: Outputs, batch: dict[str, torch.Tensor] | LossBatch
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        views = int(outputs.get("views", 1))
-        if views > 1:
-            pid, modality = pid.repeat(views), modality.repeat(views)
-        terms = {key: self.weights[key] * term(outputs, pid, modality)
+        if not isinstance(batch, LossBatch):
+            batch = LossBatch.from_batch(batch, int(outputs.get("views", 1)))
+        terms = {key: self.weights[key] * term(outputs, batch)
                  for key, term in self.terms.items()}
         return torch.stack([t.float() for t in terms.values()]).sum(), terms
 

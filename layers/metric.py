@@ -1,37 +1,12 @@
-"""Metric-learning losses: batch-hard triplet, weighted regularized triplet, center loss.
+"""Metric-learning losses: pair masks, batch-hard triplet, center loss.
 
-Distances are computed in float32. Euclidean distances clamp the squared
-distance before the square root, so identical points (the diagonal, duplicate
-images) give a zero gradient instead of NaN.
+The distances they read come from ``utils.distances.pairwise_distance``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-_EPS = 1e-12
-
-
-def batch_distance(x: torch.Tensor, kind: str = "euclidean") -> torch.Tensor:
-    """Distances between all rows of ``x``.
-
-    Args:
-        x: (B, D) features.
-        kind: ``euclidean`` or ``cosine`` (1 - cosine similarity).
-
-    Returns:
-        (B, B) float32 distances.
-    """
-    x = x.float()
-    if kind == "cosine":
-        xn = F.normalize(x, dim=1)
-        return (1.0 - xn @ xn.t()).clamp(min=0.0)
-    if kind != "euclidean":
-        raise ValueError(f"unknown distance {kind!r}; expected euclidean or cosine")
-    sq = x.pow(2).sum(dim=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.t())
-    return d2.clamp(min=_EPS).sqrt()
 
 
 def mining_masks(pid: torch.Tensor, modality: torch.Tensor,
@@ -76,29 +51,6 @@ def batch_hard_triplet(dist: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
     hardest_pos = dist.masked_fill(~pos, float("-inf")).amax(dim=1)
     hardest_neg = dist.masked_fill(~neg, float("inf")).amin(dim=1)
     return F.relu(hardest_pos - hardest_neg + margin).mean()
-
-
-def weighted_regularized_triplet(dist: torch.Tensor, pos: torch.Tensor,
-                                 neg: torch.Tensor) -> torch.Tensor:
-    """AGW's weighted regularized triplet: no margin, soft weights over all pairs.
-
-    Each anchor's positive distance is the softmax(d)-weighted mean over its
-    positives, the negative distance the softmax(-d)-weighted mean over its
-    negatives; the loss is ``softplus(d_pos - d_neg)`` averaged over anchors.
-
-    Args:
-        dist: (B, B) distances.
-        pos, neg: (B, B) bool masks from ``mining_masks``.
-    """
-    valid = pos.any(dim=1) & neg.any(dim=1)
-    if not bool(valid.any()):
-        return dist.sum() * 0.0
-    dist, pos, neg = dist[valid], pos[valid], neg[valid]
-    w_pos = torch.softmax(dist.masked_fill(~pos, float("-inf")), dim=1)
-    w_neg = torch.softmax((-dist).masked_fill(~neg, float("-inf")), dim=1)
-    far_pos = (dist * w_pos).sum(dim=1)
-    close_neg = (dist * w_neg).sum(dim=1)
-    return F.softplus(far_pos - close_neg).mean()
 
 
 class CenterLoss(nn.Module):

@@ -17,15 +17,17 @@ __all__ = ["BACKBONES", "STAGES", "Backbone", "EvalFeature", "VIReIDNet", "build
 def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
     """Build the network of ``cfg.MODEL`` for ``num_classes`` training identities.
 
-    The modality heads are built when LOSS.TERMS has ``modality_id`` or ``kl``.
-    Non-local blocks in a modality-specific stage are specific too (each stream
-    gets its own copy, like the rest of that stage).
+    The modality heads are built when LOSS.TERMS has ``modality_id`` or ``kl``. The
+    methods' inserted modules (``modeling.stages.INSERTIONS``) go into the backbone's
+    stages; in a modality-specific stage each stream gets its own copy, like the rest
+    of that stage.
 
     MODEL.PRETRAIN_PATH naming one of this project's checkpoints initialises the
     whole network (``modeling.warm_start``); otherwise it is the backbone's.
 
     Raises:
-        UserError: bad MODEL settings or pretrained weights that cannot be loaded.
+        UserError: bad MODEL settings, pretrained weights that cannot be loaded, or a
+            trainable parameter whose module declares no learning-rate group.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
@@ -45,7 +47,12 @@ def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
                       head_dim=cfg.MODEL.HEAD_DIM if with_heads else None,
                       test_feat=EvalFeature(cfg.TEST.FEAT, cfg.TEST.VIEWS, cfg.TEST.NORM_EACH,
                                             tuple(cfg.TEST.PART_WEIGHTS)),
-                      views=1 + cfg.MODEL.DEE_BRANCHES, neck_init_std=cfg.MODEL.NECK_INIT_STD)
+                      neck_init_std=cfg.MODEL.NECK_INIT_STD)
+    model.named_parameter_groups()  # every trainable parameter in a declared group
     if warm is not None:
         load_whole_model(model, warm, path)
     return model
+
+
+# The methods register their sections, inserted modules, losses and importers.
+import modeling.methods  # noqa: E402, F401

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -10,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling.backbone import STAGES
-from modeling.stages import INSERTED
+from modeling.stages import StageContext, run_stages
 from utils.constants import INFRARED, VISIBLE
+from utils.errors import UserError
 
 
 def init_kaiming(module: nn.Module) -> None:
@@ -89,13 +91,16 @@ class VIReIDNet(nn.Module):
         fc_bias: bias in the ID classifier.
         head_dim: hidden width of the modality heads; None = no heads.
         test_feat: the eval-mode feature.
-        views: embeddings per image (1 + the expansion's branches, when a stage expands).
         neck_init_std: std of the BNNeck weight's normal init around 1 (0 = ones).
+
+    Attributes:
+        views: embeddings per image: the product of the inserted modules'
+            ``views_factor`` (DEEN's expansion: 1 + branches), else 1.
     """
 
     def __init__(self, stages: dict[str, nn.Module], shared_from: int, feat_dim: int,
                  num_classes: int, pool: nn.Module, fc_bias: bool, head_dim: int | None,
-                 test_feat: EvalFeature, views: int = 1, neck_init_std: float = 0.0) -> None:
+                 test_feat: EvalFeature, neck_init_std: float = 0.0) -> None:
         super().__init__()
         names = list(STAGES)
         specific = OrderedDict((n, stages[n]) for n in names[:shared_from])
@@ -103,7 +108,9 @@ class VIReIDNet(nn.Module):
         self.infrared = copy.deepcopy(self.visible) if specific else None
         self.shared = nn.Sequential(OrderedDict((n, stages[n]) for n in names[shared_from:]))
         self.pool = pool
+        self.pool.lr_group = "new"
         self.neck = nn.BatchNorm1d(feat_dim)
+        self.neck.lr_group = "new"
         self.neck.apply(init_kaiming)
         if neck_init_std:  # AGW's and DEEN's kaiming init draws the BN weight around 1
             nn.init.normal_(self.neck.weight, 1.0, neck_init_std)
@@ -111,12 +118,16 @@ class VIReIDNet(nn.Module):
         self.classifier = nn.Linear(feat_dim, num_classes, bias=fc_bias)
         # A biased classifier follows the source design's kaiming init.
         self.classifier.apply(init_kaiming if fc_bias else init_classifier)
+        self.classifier.lr_group = "new"
         self.heads = ModalityHeads(feat_dim, head_dim, num_classes) if head_dim else None
+        if self.heads is not None:
+            self.heads.lr_group = "head"
         self.feat_dim = feat_dim
         self.num_classes = num_classes
         self.shared_from = shared_from
         self.test_feat = test_feat
-        self.views = views
+        self.views = math.prod(int(getattr(m, "views_factor", 1)) for m in self.shared.modules())
+        self._front_name = names[shared_from - 1] if shared_from else None
 
     def _specific(self, img: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         """Run each image through its own modality's stages; keeps the batch order."""
@@ -146,15 +157,23 @@ class VIReIDNet(nn.Module):
             train mode: ``{'feat': (V*B, D) pooled, 'bn_feat': (V*B, D), 'logits': (V*B, C),
             'views': V}`` plus ``'head_logits': (2, V*B, C)`` when the modality heads
             exist; V = 1 unless a stage expands the embeddings, whose rows are then
-            [original batch, branch 1, branch 2, ...].
+            [original batch, branch 1, branch 2, ...]. Also every stage's output map by
+            stage name (``stem`` .. ``layer4``; of the modality-specific part only its
+            last stage, assembled in batch order) and the extra outputs inserted
+            modules recorded (``StageContext.record``).
             eval mode: the (B, D') feature of :class:`EvalFeature`.
         """
-        x = self._specific(img, modality) if self.visible is not None else img
-        feat = self.pool(self.shared(x))
+        ctx = StageContext()
+        x = img
+        if self.visible is not None:
+            x = self._specific(img, modality)
+            ctx.taps[self._front_name] = x
+        feat = self.pool(run_stages(self.shared, x, ctx))
         bn_feat = self.neck(feat)
         if not self.training:
             return self._test_feature(feat, bn_feat)
-        out: dict[str, torch.Tensor | int] = {"feat": feat, "bn_feat": bn_feat,
+        out: dict[str, torch.Tensor | int] = {**ctx.taps, **ctx.extras, "feat": feat,
+                                              "bn_feat": bn_feat,
                                               "logits": self.classifier(bn_feat),
                                               "views": self.views}
         if self.heads is not None:
@@ -180,23 +199,26 @@ class VIReIDNet(nn.Module):
     def named_parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Trainable parameters by learning-rate group, each parameter in exactly one.
 
-        ``backbone``: the backbone's layers (every stream's copy); ``inserted``: the
-        modules inserted in its stages (non-local, MFA, expansion); ``new``: pooling,
-        BNNeck, classifier; ``head``: the modality heads.
+        A parameter belongs to the group its nearest enclosing module declares with an
+        ``lr_group`` attribute: ``backbone`` (the backbone's stages, every stream's
+        copy), ``new`` (pooling, BNNeck, classifier), ``head`` (the modality heads) and
+        whatever the inserted modules declare (``inserted`` for AGW's and DEEN's).
+
+        Raises:
+            UserError: a trainable parameter whose modules declare no group.
         """
-        inserted = {id(p) for m in self.modules() if isinstance(m, INSERTED)
-                    for p in m.parameters()}
-        groups: dict[str, list[tuple[str, nn.Parameter]]] = {
-            "backbone": [], "inserted": [], "new": [], "head": []}
+        declared = {name: module.lr_group for name, module in self.named_modules()
+                    if isinstance(getattr(module, "lr_group", None), str)}
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            if name.startswith("heads."):
-                groups["head"].append((name, param))
-            elif id(param) in inserted:
-                groups["inserted"].append((name, param))
-            elif not name.startswith(("visible.", "infrared.", "shared.")):
-                groups["new"].append((name, param))
-            else:
-                groups["backbone"].append((name, param))
+            parts = name.split(".")[:-1]
+            owner = next((".".join(parts[:n]) for n in range(len(parts), -1, -1)
+                          if ".".join(parts[:n]) in declared), None)
+            if owner is None:
+                raise UserError(f"parameter {name} belongs to no learning-rate group: give "
+                                "its module an lr_group attribute (backbone, inserted, new, "
+                                "head, or a group its method registers)")
+            groups.setdefault(declared[owner], []).append((name, param))
         return groups

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import re
 
-from layers.dee import DiverseEmbeddingExpansion
-from layers.mfa import MFA
+from modeling.methods.deen.modules import MFA, DiverseEmbeddingExpansion
 from modeling.model import VIReIDNet
 from modeling.stages import Stage
 

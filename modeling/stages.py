@@ -1,48 +1,103 @@
-"""The five stages of the network: a backbone's stages with the modules inserted in them.
+"""The five stages of the network and the modules methods insert in them.
 
-Inserted modules (the ``INSERTED`` types) sit inside the stages, so they follow
-``MODEL.SHARED_FROM`` like the backbone does (one copy per modality stream in a
-modality-specific stage):
+A method inserts modules through one entry in ``INSERTIONS`` (see
+:class:`Insertion`): it builds them for a stage from the config, declares their
+learning-rate group and where they go. Two places exist:
 
-- non-local blocks after the last blocks of a stage (AGW);
-- an MFA block after a stage, fed the stage's input and output (DEEN);
-- the diverse embedding expansion after a shared stage (DEEN), which stacks
-  its expanded embeddings on the batch axis: the later stages see
-  ``(1 + branches)`` times the batch.
+- *inside* a stage: after its last blocks, one module per block (AGW's non-local
+  blocks);
+- *after* a stage: ``module(x, ctx)`` on the stage's output, where ``ctx`` gives the
+  stage's input, the earlier stages' outputs (``ctx.taps``) and ``ctx.record`` to hand
+  an extra output to the losses (DEEN's MFA and expansion; several after one stage
+  run in the entries' ``order``).
+
+Inserted modules sit inside the stages, so they follow ``MODEL.SHARED_FROM`` like the
+backbone does (one copy per modality stream in a modality-specific stage). A module
+that stacks new embeddings on the batch axis says so with an attribute
+``views_factor`` (DEEN's expansion: 1 + branches): the later stages see that many
+times the batch.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from layers.dee import DiverseEmbeddingExpansion
-from layers.mfa import MFA
-from layers.non_local import NonLocalBlock
 from modeling.backbone import Backbone
 from utils.errors import UserError
+from utils.registry import Registry
 
-# Modules added to a backbone; TRAIN.INSERTED_LR sets their learning rate.
-INSERTED = (NonLocalBlock, MFA, DiverseEmbeddingExpansion)
+
+@dataclass
+class StageContext:
+    """What a module inserted after a stage may read besides the stage's output.
+
+    Attributes:
+        input: the stage's input (B, C_in, H', W').
+        taps: outputs of the stages run so far in this stream, by stage name
+            (``stem``, ``layer1``, ...).
+        extras: extra outputs recorded for the losses (training mode only).
+    """
+
+    input: torch.Tensor | None = None
+    taps: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def record(self, name: str, value: torch.Tensor) -> None:
+        """Hand ``value`` to the loss terms as ``outputs[name]``."""
+        if name in self.extras:
+            raise ValueError(f"two inserted modules record the output {name!r}")
+        self.extras[name] = value
+
+
+@dataclass(frozen=True)
+class Insertion:
+    """How a method inserts a module in the backbone's stages.
+
+    Attributes:
+        build: ``build(cfg, stage, backbone)`` for stage 1..4 (layer1..layer4) ->
+            None (nothing in this stage), a module (after the stage), or for
+            ``inside`` a list of modules (after the stage's last blocks).
+        inside: between the stage's blocks instead of after the stage.
+        attr: the module's attribute name after a stage (its state-dict keys).
+        call: ``call(module, x, ctx)`` -> the stage's new output; default ``module(x)``.
+        order: modules after one stage run in increasing order.
+        lr_group: the learning-rate group of its parameters (``solver.optimizer``).
+    """
+
+    build: Callable[[CfgNode, int, Backbone], nn.Module | list[nn.Module] | None]
+    inside: bool = False
+    attr: str = ""
+    call: Callable[[nn.Module, torch.Tensor, StageContext], torch.Tensor] | None = None
+    order: int = 100
+    lr_group: str = "inserted"
+
+
+# Name -> how a method inserts its module; every entry is asked for every stage.
+INSERTIONS: Registry = Registry("insertion", "inserted module", config_keys=())
 
 
 class Stage(nn.Module):
-    """A backbone stage (``blocks``) with non-local blocks after some of its blocks.
+    """A backbone stage (``blocks``) with modules after some of its blocks.
 
     Args:
         blocks: the stage's blocks (e.g. torchvision ``layerN``).
-        non_local: the non-local blocks, placed after the last ``len(non_local)``
-            blocks, one each (AGW's placement).
+        non_local: modules placed after the last ``len(non_local)`` blocks, one each
+            (AGW's non-local placement; the name keeps the state-dict keys).
     """
 
-    def __init__(self, blocks: nn.Sequential, non_local: list[NonLocalBlock]) -> None:
+    def __init__(self, blocks: nn.Sequential, non_local: list[nn.Module]) -> None:
         super().__init__()
         self.blocks = blocks
+        self.blocks.lr_group = "backbone"
         self.non_local = nn.ModuleList(non_local)
         first = len(blocks) - len(non_local)
         self._after = {first + i: i for i in range(len(non_local))}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: StageContext | None = None) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H', W')."""
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -51,67 +106,80 @@ class Stage(nn.Module):
         return x
 
 
-class AggregatedStage(nn.Module):
-    """A stage followed by an MFA block: ``mfa(stage(x), x)``.
+def _plain_call(module: nn.Module, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+    return module(x)
+
+
+class InsertedAfter(nn.Module):
+    """A stage followed by one inserted module: ``call(module, stage(x), ctx)``.
 
     Args:
-        stage: (B, low, sH, sW) -> (B, high, H, W).
-        mfa: the block aggregating the stage's output with its input.
+        stage: the stage (possibly already followed by other modules).
+        attr: attribute name of ``module``.
+        module: the inserted module.
+        call: how it is called (see :class:`Insertion`).
     """
 
-    def __init__(self, stage: nn.Module, mfa: MFA) -> None:
+    def __init__(self, stage: nn.Module, attr: str, module: nn.Module,
+                 call: Callable[[nn.Module, torch.Tensor, StageContext], torch.Tensor] | None
+                 ) -> None:
         super().__init__()
-        self.stage, self.mfa = stage, mfa
+        self.stage = stage
+        self.attr = attr
+        setattr(self, attr, module)
+        self._call = call or _plain_call
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, low, sH, sW) -> (B, high, H, W)."""
-        return self.mfa(self.stage(x), x)
+    def forward(self, x: torch.Tensor, ctx: StageContext | None = None) -> torch.Tensor:
+        """(B, C_in, H, W) -> the module's output on the stage's."""
+        if ctx is None:
+            ctx = StageContext(input=x)
+        return self._call(getattr(self, self.attr), self.stage(x, ctx), ctx)
 
 
-class ExpandedStage(nn.Module):
-    """A stage followed by the diverse embedding expansion: (B, ...) -> (views * B, ...)."""
-
-    def __init__(self, stage: nn.Module, dee: DiverseEmbeddingExpansion) -> None:
-        super().__init__()
-        self.stage, self.dee = stage, dee
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (views * B, C, H', W'): [original, branch 1, branch 2, ...]."""
-        return self.dee(self.stage(x))
+def run_stages(stages: nn.Sequential, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+    """Run ``stages`` in order, keeping each one's output in ``ctx.taps``."""
+    for name, stage in stages.named_children():
+        ctx.input = x
+        x = stage(x, ctx) if isinstance(stage, Stage | InsertedAfter) else stage(x)
+        ctx.taps[name] = x
+    return x
 
 
 def build_stages(cfg: CfgNode, backbone: Backbone) -> dict[str, nn.Module]:
-    """The five STAGES of ``backbone`` with MODEL.NON_LOCAL_BLOCKS, MODEL.MFA and the
-    expansion (MODEL.DEE_BRANCHES after MODEL.DEE_AFTER) inserted; stages after
-    MODEL.LAST_STAGE are identities.
+    """The five STAGES of ``backbone`` with every registered insertion's modules;
+    stages after MODEL.LAST_STAGE are identities.
 
     Raises:
-        UserError: more non-local blocks asked for a stage than it has blocks, or an
-            expansion whose width does not split into its four dilated branches.
+        UserError: more modules asked inside a stage than it has blocks (from the
+            insertions' own checks too).
     """
-    m = cfg.MODEL
-    counts = tuple(m.NON_LOCAL_BLOCKS)
+    backbone.stem.lr_group = "backbone"
     stages: dict[str, nn.Module] = {"stem": backbone.stem}
-    for i, (blocks, count) in enumerate(zip(backbone.layers, counts), start=1):
+    specs = sorted(INSERTIONS.items(), key=lambda item: item[1].order)
+    for i, blocks in enumerate(backbone.layers, start=1):
         name = f"layer{i}"
-        if i > m.LAST_STAGE:
+        if i > cfg.MODEL.LAST_STAGE:
             stages[name] = nn.Identity()
             continue
-        if count > len(blocks):
-            raise UserError(f"MODEL.NON_LOCAL_BLOCKS = {', '.join(map(str, counts))} asks for "
-                            f"{count} blocks in {name}, which has {len(blocks)} blocks")
-        width = backbone.channels[i]
-        stage: nn.Module = Stage(blocks, [NonLocalBlock(width, m.NON_LOCAL_REDUCTION,
-                                                        m.NON_LOCAL_INNER)
-                                          for _ in range(count)])
-        if m.MFA[i - 1]:
-            stage = AggregatedStage(stage, MFA(width, backbone.channels[i - 1],
-                                               backbone.strides[i], m.MFA_SOFTMAX))
-        if m.DEE_BRANCHES and i == m.DEE_AFTER:
-            if width % 4:
-                raise UserError(f"MODEL.DEE_AFTER = {i}: the expansion splits {name}'s "
-                                f"{width} channels in four; they must be a multiple of 4")
-            stage = ExpandedStage(stage, DiverseEmbeddingExpansion(width, m.DEE_BRANCHES))
+        inside: list[nn.Module] = []
+        after: list[tuple[str, Insertion, nn.Module]] = []
+        for key, spec in specs:
+            built = spec.build(cfg, i, backbone)
+            if built is None:
+                continue
+            modules = built if isinstance(built, list) else [built]
+            for module in modules:
+                module.lr_group = spec.lr_group
+            if spec.inside:
+                inside += modules
+            else:
+                after.append((key, spec, modules[0]))
+        if len(inside) > len(blocks):
+            raise UserError(f"{len(inside)} modules asked inside {name}, which has "
+                            f"{len(blocks)} blocks")
+        stage: nn.Module = Stage(blocks, inside)
+        for key, spec, module in after:
+            stage = InsertedAfter(stage, spec.attr or key, module, spec.call)
         stages[name] = stage
     return stages
 

@@ -16,7 +16,7 @@ import torch
 
 from modeling.model import VIReIDNet
 from utils.errors import UserError
-from utils.state import state_problems
+from utils.state import load_state
 
 
 def read_model_checkpoint(path: str) -> dict[str, Any] | None:
@@ -55,15 +55,7 @@ def load_whole_model(model: VIReIDNet, ckpt: dict[str, Any], path: str) -> None:
         raise UserError(f"MODEL.PRETRAIN_PATH = {path}: num_classes is "
                         f"{ckpt['num_classes']!r}, not a number of classes")
     skip = _class_prefixes(model) if ckpt["num_classes"] != model.num_classes else ()
-    own = model.state_dict()
     # Modality heads are training-only: either side may lack them.
-    expected = {k: v for k, v in own.items()
-                if not k.startswith(skip) and (k in ckpt["model"] or not k.startswith("heads."))}
-    state = {k: v for k, v in ckpt["model"].items()
-             if not k.startswith(skip) and (k in own or not k.startswith("heads."))}
-    problems = state_problems(expected, state)
-    if problems:
-        raise UserError(f"MODEL.PRETRAIN_PATH = {path}: the checkpoint's network does not fit "
-                        "the config's (same MODEL keys needed, MODEL.PRETRAIN_PATH aside): "
-                        + "; ".join(problems))
-    model.load_state_dict(state, strict=False)
+    load_state(model, ckpt["model"], f"MODEL.PRETRAIN_PATH = {path}: the checkpoint's network "
+               "does not fit the config's (the keys that define the network must match, "
+               "MODEL.PRETRAIN_PATH aside)", skip=skip, optional=("heads.",))

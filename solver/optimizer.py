@@ -11,6 +11,18 @@ from utils.registry import Registry
 # TRAIN.OPTIMIZER name -> builder(cfg, param_groups).
 OPTIMIZERS: Registry = Registry("TRAIN.OPTIMIZER", "optimizer")
 
+# Learning-rate group (a module's ``lr_group``) -> its multiple of TRAIN.BASE_LR; in
+# this order in the optimizer. A method may register a group of its own.
+LR_GROUPS: Registry = Registry("learning-rate group", "learning-rate group", config_keys=())
+LR_GROUPS.update({
+    "backbone": lambda cfg: 1.0,
+    "inserted": lambda cfg: 1.0 if cfg.TRAIN.INSERTED_LR == "backbone"
+    else cfg.TRAIN.NEW_LR_FACTOR,
+    "new": lambda cfg: cfg.TRAIN.NEW_LR_FACTOR,
+    "head": lambda cfg: cfg.TRAIN.HEAD_LR_FACTOR,
+    "criterion": lambda cfg: cfg.TRAIN.NEW_LR_FACTOR,
+})
+
 
 @OPTIMIZERS.register("sgd")
 def _sgd(cfg: CfgNode, groups: list[dict]) -> torch.optim.Optimizer:
@@ -35,12 +47,14 @@ def _param_groups(cfg: CfgNode, model: nn.Module, criterion: nn.Module) -> list[
     trainable_criterion = [(n, p) for n, p in criterion.named_parameters() if p.requires_grad]
     if trainable_criterion:
         named = {**named, "criterion": trainable_criterion}
-    factors = {"backbone": 1.0, "new": cfg.TRAIN.NEW_LR_FACTOR,
-               "inserted": 1.0 if cfg.TRAIN.INSERTED_LR == "backbone" else cfg.TRAIN.NEW_LR_FACTOR,
-               "head": cfg.TRAIN.HEAD_LR_FACTOR, "criterion": cfg.TRAIN.NEW_LR_FACTOR}
-    groups = []
     for group, params in named.items():
-        lr = cfg.TRAIN.BASE_LR * factors[group]
+        if group not in LR_GROUPS:
+            raise UserError(f"parameter {params[0][0]} is in learning-rate group {group!r}, "
+                            f"which is not registered; valid groups: {', '.join(LR_GROUPS)}")
+    groups = []
+    for group in sorted(named, key=list(LR_GROUPS).index):
+        params = named[group]
+        lr = cfg.TRAIN.BASE_LR * LR_GROUPS[group](cfg)
         # Weights decay at WEIGHT_DECAY; biases, norm scales and GeM's p (all 1-d)
         # at WEIGHT_DECAY_BIAS.
         weights = [p for _, p in params if p.ndim > 1]
@@ -57,10 +71,10 @@ def _param_groups(cfg: CfgNode, model: nn.Module, criterion: nn.Module) -> list[
 def build_optimizer(cfg: CfgNode, model: nn.Module, criterion: nn.Module) -> torch.optim.Optimizer:
     """Build TRAIN.OPTIMIZER over the model's (and criterion's) trainable parameters.
 
-    Groups (named in each group's ``'name'``): ``backbone`` at TRAIN.BASE_LR,
-    ``new`` (pooling, BNNeck, classifier) at BASE_LR x NEW_LR_FACTOR, ``inserted``
-    (non-local, MFA, expansion) at the rate TRAIN.INSERTED_LR names,
-    ``head`` (modality heads) at BASE_LR x HEAD_LR_FACTOR; each split into
+    Groups (named in each group's ``'name'``, rates in ``LR_GROUPS``): ``backbone`` at
+    TRAIN.BASE_LR, ``inserted`` (the methods' inserted modules) at the rate
+    TRAIN.INSERTED_LR names, ``new`` (pooling, BNNeck, classifier) at BASE_LR x
+    NEW_LR_FACTOR, ``head`` (modality heads) at BASE_LR x HEAD_LR_FACTOR; each split into
     weights (WEIGHT_DECAY) and ``*_bias`` (biases and norm parameters,
     WEIGHT_DECAY_BIAS). Center-loss centres are not optimizer parameters (they
     follow their own update rule, see ``layers.metric.CenterLoss``); any other
@@ -71,6 +85,7 @@ def build_optimizer(cfg: CfgNode, model: nn.Module, criterion: nn.Module) -> tor
         criterion: the ``layers.Criterion``.
 
     Raises:
-        UserError: an unknown optimizer, or NESTEROV without momentum.
+        UserError: an unknown optimizer, NESTEROV without momentum, or a parameter
+            group no entry of ``LR_GROUPS`` names.
     """
     return OPTIMIZERS[cfg.TRAIN.OPTIMIZER](cfg, _param_groups(cfg, model, criterion))

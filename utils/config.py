@@ -1,14 +1,25 @@
-"""Load ``.ini`` configurations onto the typed defaults of ``utils.defaults``.
+"""Load ``.ini`` configurations onto the typed defaults (``utils.config_schema``).
 
 Every value is parsed to the type of its default; unknown sections and keys,
 values of the wrong type and values outside a key's choices are refused with
 one line naming the file, the key and what was expected.
+
+Inheritance: a file may start with ``_BASE_ = other.ini`` (before its first
+section; the path is relative to the including file). The base is merged first,
+then the file's own keys, so a per-dataset recipe holds only what differs from
+its method's base. Chains are allowed; a cycle or a missing base is refused with
+one line naming the files. A merged configuration is written out whole and flat
+(``config_to_ini``): a run folder's ``config.ini`` needs no base to be read again.
+
+Keys that moved (``MODEL.DEE_BRANCHES`` -> ``DEEN.BRANCHES``) are read under their
+new names, with a warning; configurations saved before ``TEST.DISTANCE`` named its
+squared form ``sqeuclidean`` are read with the meaning they were written with.
 """
 from __future__ import annotations
 
 import configparser
 import difflib
-import importlib
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -17,9 +28,23 @@ from typing import Any
 
 from yacs.config import CfgNode
 
+from utils.config_schema import (
+    RENAMES,
+    Key,
+    add_config_section,
+    check_config,
+    format_value,
+    network_keys,
+)
 from utils.defaults import DEFAULTS
 from utils.errors import UserError
 from utils.io import atomic_write_text
+
+__all__ = ["Key", "add_config_section", "config_from_ini_text", "config_to_ini",
+           "dataset_root", "format_value", "get_default_config", "load_config",
+           "merge_ini_text", "merge_overrides", "network_keys", "save_config", "with_values"]
+
+logger = logging.getLogger(__name__)
 
 _TRUE = {"yes", "true", "on", "1"}
 _FALSE = {"no", "false", "off", "0"}
@@ -27,104 +52,18 @@ _FALSE = {"no", "false", "off", "0"}
 # Keys whose string value is a path: '~' and '$VARS' expand in them.
 _PATH_SUFFIXES = ("_PATH", "ROOT", "_DIR")
 
-# Keys restricted to a fixed set of values (compared case-insensitively). Keys
-# that name a registered entry (a dataset, backbone, ...) are in REGISTRY_KEYS.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "DATA.RE_ASPECT": ("log", "uniform"),
-    "MODEL.POOLING": ("avg", "gem"),
-    "LOSS.TRIPLET_DISTANCE": ("euclidean", "cosine"),
-    "LOSS.TRIPLET_MINING": ("all", "cross"),
-    "LOSS.METRIC_FEAT": ("pool", "bn"),
-    "TRAIN.SELECT": ("last", "val", "test"),
-    "TEST.FEAT": ("bn", "pool", "pool+bn"),
-    "TEST.VIEWS": ("all", "original"),
-    "TEST.DISTANCE": ("euclidean", "cosine", "dot"),
-    "LOSS.WRT_FORM": ("exact", "published"),
-    "TRAIN.INSERTED_LR": ("new", "backbone"),
-    "TRAIN.AMP_DTYPE": ("auto", "bf16", "fp16"),
-    "TEST.GALLERY": ("auto", "official", "random"),
-}
+# The first line of a merged configuration; the one of format 1 (before keys moved
+# into sections and TEST.DISTANCE euclidean meant the squared distance).
+HEADER = "# Merged configuration, format 2: defaults + config files + command-line overrides."
+HEADER_V1 = "# Merged configuration: defaults + config file + command-line overrides."
+# Values whose meaning changed, for texts of format 1: full key -> {old: new}.
+V1_VALUES = {"TEST.DISTANCE": {"euclidean": "sqeuclidean"}}
 
-# Keys whose valid values are the names of a registry: (module, attribute). The
-# registries are imported when a config is checked, so the names are always the
-# ones the builders accept.
-REGISTRY_KEYS: dict[str, tuple[str, str]] = {
-    "DATA.DATASET_NAME": ("data", "DATASETS"),
-    "MODEL.NAME": ("modeling.backbone", "BACKBONES"),
-    "LOSS.TERMS": ("layers.criterion", "LOSS_TERMS"),
-    "TRAIN.OPTIMIZER": ("solver.optimizer", "OPTIMIZERS"),
-    "TRAIN.SCHEDULER": ("solver.scheduler", "SCHEDULERS"),
-    "DATA.RESIZE": ("data.transforms", "RESIZE_FILTERS"),
-    "DATA.CHANNEL_AUG_VISIBLE": ("data.transforms", "CHANNEL_RULES"),
-    "DATA.CHANNEL_AUG_COPY": ("data.transforms", "CHANNEL_RULES"),
-    "DATA.CHANNEL_AUG_INFRARED": ("data.transforms", "CHANNEL_RULES"),
-}
-
-# Inclusive numeric ranges (None = unbounded on that side).
-RANGES: dict[str, tuple[float | None, float | None]] = {
-    "DATA.TRIAL": (1, None),
-    "DATA.VAL_IDS": (0, None),
-    "DATA.FLIP_PROB": (0, 1),
-    "DATA.PADDING": (0, None),
-    "DATA.RE_PROB": (0, 1),
-    "DATA.RE_TRIES": (1, None),
-    "DATA.GRAY_PROB_VISIBLE": (0, 1),
-    "DATA.GRAY_PROB_INFRARED": (0, 1),
-    "DATA.CHANNEL_AUG_PROB": (0, 1),
-    "DATA.NUM_WORKERS": (0, None),
-    "DATA.TRAIN_BATCH_SIZE": (2, None),
-    "DATA.SAMPLE_ID_INSTANCE": (1, None),
-    "DATA.TEST_BATCH_SIZE": (1, None),
-    "MODEL.LAST_STRIDE": (1, 2),
-    "MODEL.SHARED_FROM": (0, 4),
-    "MODEL.GEM_P": (1, None),
-    "MODEL.NON_LOCAL_REDUCTION": (1, None),
-    "MODEL.NON_LOCAL_INNER": (0, None),
-    "MODEL.NECK_INIT_STD": (0, None),
-    "MODEL.LAST_STAGE": (3, 4),
-    "MODEL.DEE_BRANCHES": (0, None),
-    "MODEL.DEE_AFTER": (1, 4),
-    "LOSS.ADP_WEIGHT": (0, None),
-    "LOSS.ADP_ALPHA": (0, None),
-    "LOSS.ADP_GAMMA": (0, None),
-    "LOSS.CPM_WEIGHT": (0, None),
-    "LOSS.CPM_MARGIN": (0, None),
-    "LOSS.ORTH_WEIGHT": (0, None),
-    "MODEL.HEAD_DIM": (1, None),
-    "LOSS.LABEL_SMOOTH": (0, 1),
-    "LOSS.MARGIN": (0, None),
-    "LOSS.ID_WEIGHT": (0, None),
-    "LOSS.TRIPLET_WEIGHT": (0, None),
-    "LOSS.WRT_WEIGHT": (0, None),
-    "LOSS.CENTER_WEIGHT": (0, None),
-    "LOSS.CENTER_LR": (0, 1),
-    "LOSS.MODALITY_ID_WEIGHT": (0, None),
-    "LOSS.KL_WEIGHT": (0, None),
-    "TRAIN.BASE_LR": (0, None),
-    "TRAIN.NEW_LR_FACTOR": (0, None),
-    "TRAIN.HEAD_LR_FACTOR": (0, None),
-    "TRAIN.MOMENTUM": (0, 0.999),
-    "TRAIN.WEIGHT_DECAY": (0, None),
-    "TRAIN.WEIGHT_DECAY_BIAS": (0, None),
-    "TRAIN.GAMMA": (0, 1),
-    "TRAIN.WARMUP_EPOCHS": (0, None),
-    "TRAIN.WARMUP_FACTOR": (0, 1),
-    "TRAIN.MIN_LR_FACTOR": (0, 1),
-    "TRAIN.MAX_EPOCHS": (1, None),
-    "TRAIN.ITERS_PER_EPOCH": (0, None),
-    "TRAIN.CHECKPOINT_PERIOD": (1, None),
-    "TRAIN.EVAL_PERIOD": (0, None),
-    "TRAIN.LOG_PERIOD": (1, None),
-    "TEST.RERANK_K1": (1, None),
-    "TEST.RERANK_K2": (1, None),
-    "TEST.RERANK_LAMBDA": (0, 1),
-    "TEST.NUM_TRIALS": (1, None),
-    "TEST.MAX_RANK": (1, None),
-}
+_BASE = re.compile(r"^\s*_BASE_\s*[=:]\s*(.*?)\s*$", re.IGNORECASE)
 
 
 def get_default_config() -> CfgNode:
-    """Return a mutable copy of the defaults."""
+    """Return a mutable copy of the defaults (every section added so far)."""
     return DEFAULTS.clone()
 
 
@@ -197,8 +136,14 @@ def _closest(name: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {match[0]}?" if match else ""
 
 
-def _set(cfg: CfgNode, section: str, key: str, text: str, where: str) -> None:
+def _set(cfg: CfgNode, section: str, key: str, text: str, where: str,
+         version: int = 2) -> None:
     section_u, key_u = section.strip().upper(), key.strip().upper()
+    moved = RENAMES.get(f"{section_u}.{key_u}")
+    if moved and (section_u not in cfg or key_u not in cfg[section_u]):
+        if version > 1:
+            logger.warning("%s: %s.%s is now %s; read as such", where, section_u, key_u, moved)
+        section_u, key_u = moved.split(".")
     if section_u not in cfg:
         raise UserError(
             f"{where}: unknown section [{section.strip()}]{_closest(section_u, cfg.keys())} "
@@ -212,91 +157,71 @@ def _set(cfg: CfgNode, section: str, key: str, text: str, where: str) -> None:
         if not hint:
             hint = _closest(key_u, node.keys()).replace("mean ", f"mean {section_u}.")
         raise UserError(f"{where}: unknown key {section_u}.{key.strip()}{hint}")
+    full = f"{section_u}.{key_u}"
+    if version == 1 and text.strip().lower() in V1_VALUES.get(full, {}):
+        text = V1_VALUES[full][text.strip().lower()]
     # The type comes from the default, not the current value (which may be an empty tuple).
-    node[key_u] = _parse_value(f"{section_u}.{key_u}", text,
-                                 DEFAULTS[section_u][key_u], where)
+    node[key_u] = _parse_value(full, text, DEFAULTS[section_u][key_u], where)
 
 
-def _check(cfg: CfgNode, where: str) -> None:
-    """Check choices and ranges of every key; raise UserError on the first bad one."""
-    for full_key, choices in CHOICES.items():
-        section, key = full_key.split(".")
-        value = cfg[section][key].lower()
-        if value not in choices:
-            raise UserError(
-                f"{where}: {full_key} = {cfg[section][key]!r} is not one of {', '.join(choices)}"
-            )
-        cfg[section][key] = value
-    for full_key in REGISTRY_KEYS:
-        section, key = full_key.split(".")
-        value = cfg[section][key]
-        names = [v.lower() for v in value] if isinstance(value, tuple) else [value.lower()]
-        for name in names:
-            registry(full_key).check(name, where, full_key)
-        cfg[section][key] = tuple(names) if isinstance(value, tuple) else names[0]
-    for full_key, (lo, hi) in RANGES.items():
-        section, key = full_key.split(".")
-        value = cfg[section][key]
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-            raise UserError(f"{where}: {full_key} = {value} must be {bounds}")
-    batch, k = cfg.DATA.TRAIN_BATCH_SIZE, cfg.DATA.SAMPLE_ID_INSTANCE
-    if batch % (2 * k):
-        raise UserError(
-            f"{where}: DATA.TRAIN_BATCH_SIZE = {batch} must be a multiple of "
-            f"2 x DATA.SAMPLE_ID_INSTANCE = {2 * k} (identities x K visible + K infrared)"
-        )
-    if len(cfg.MODEL.NON_LOCAL_BLOCKS) != 4 or min(cfg.MODEL.NON_LOCAL_BLOCKS) < 0:
-        raise UserError(
-            f"{where}: MODEL.NON_LOCAL_BLOCKS must be 4 non-negative counts (layer1..layer4)"
-        )
-    m = cfg.MODEL
-    last = m.LAST_STAGE
-    if len(m.MFA) != 4 or set(m.MFA) - {0, 1} or any(m.MFA[last:]):
-        raise UserError(f"{where}: MODEL.MFA = {format_value(m.MFA)} must be 4 flags 0 or 1 "
-                        f"(layer1..layer4), none after layer{last} (MODEL.LAST_STAGE)")
-    if m.DEE_BRANCHES and not max(m.SHARED_FROM, 1) <= m.DEE_AFTER <= last:
-        raise UserError(f"{where}: MODEL.DEE_AFTER = {m.DEE_AFTER} must be a shared stage: "
-                        f"{max(m.SHARED_FROM, 1)}..{last} (MODEL.SHARED_FROM = "
-                        f"{m.SHARED_FROM}, MODEL.LAST_STAGE = {last})")
-    if last < 4 and m.NON_LOCAL_BLOCKS[3]:
-        raise UserError(f"{where}: MODEL.NON_LOCAL_BLOCKS puts blocks in layer4, which "
-                        "MODEL.LAST_STAGE = 3 leaves out")
-    weights = tuple(cfg.TEST.PART_WEIGHTS)
-    if len(weights) != 2 or min(weights) < 0 or not any(weights):
-        raise UserError(f"{where}: TEST.PART_WEIGHTS = {format_value(weights)} must be 2 "
-                        "non-negative numbers, not both 0: the pooled and the BN parts' weights")
-    if weights != (1.0, 1.0) and cfg.TEST.FEAT != "pool+bn":
-        raise UserError(f"{where}: TEST.PART_WEIGHTS = {format_value(weights)} weighs the parts "
-                        f"of TEST.FEAT pool+bn; TEST.FEAT is {cfg.TEST.FEAT}")
-    if len(cfg.DATA.RE_FILL) != 3:
-        raise UserError(f"{where}: DATA.RE_FILL must be 3 numbers: the R, G, B fill in "
-                        f"normalised space")
-    for name in ("SIZE_TRAIN", "SIZE_TEST"):
-        size = cfg.DATA[name]
-        if len(size) != 2 or min(size) < 1:
-            raise UserError(f"{where}: DATA.{name} must be two positive integers: height, width")
-    if not cfg.LOSS.TERMS:
-        raise UserError(f"{where}: LOSS.TERMS is empty; name at least one of "
-                        f"{', '.join(registry('LOSS.TERMS'))}")
-    if len(set(cfg.LOSS.TERMS)) != len(cfg.LOSS.TERMS):
-        raise UserError(f"{where}: LOSS.TERMS = {', '.join(cfg.LOSS.TERMS)} names a term twice")
+def _split_base(text: str) -> tuple[str | None, str]:
+    """(the ``_BASE_`` value or None, the text without that line)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            break
+        match = _BASE.match(line)
+        if match:
+            return match.group(1).strip("'\""), "\n".join(lines[:i] + lines[i + 1:])
+    return None, text
 
 
 def merge_ini_text(cfg: CfgNode, text: str, where: str) -> None:
-    """Merge the contents of an .ini file (``text``) into ``cfg`` in place."""
+    """Merge the contents of an .ini file (``text``, no ``_BASE_``) into ``cfg`` in place."""
+    version = 1 if text.lstrip().startswith(HEADER_V1) else 2
     parser = configparser.ConfigParser(
         interpolation=None, inline_comment_prefixes=("#", ";"), strict=True
     )
     parser.optionxform = str  # keep key case; keys are matched upper-cased
     try:
         parser.read_string(text, source=where)
+    except configparser.MissingSectionHeaderError:
+        raise UserError(f"{where}: a key before the first [SECTION]; only _BASE_ = FILE may "
+                        "stand there") from None
     except configparser.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{where}: not a valid .ini file ({first})") from None
     for section in parser.sections():
         for key, value in parser.items(section):
-            _set(cfg, section, key, value, where)
+            _set(cfg, section, key, value, where, version)
+
+
+def read_chain(path: str | os.PathLike) -> list[tuple[Path, str]]:
+    """The file and its bases as (path, text without ``_BASE_``), the root base first.
+
+    Raises:
+        UserError: a missing file or base, or a cycle of bases.
+    """
+    chain: list[tuple[Path, str]] = []
+    seen: list[Path] = []
+    p = Path(path)
+    including: Path | None = None
+    while True:
+        if not p.is_file():
+            if including is None:
+                raise UserError(f"{p}: config file not found")
+            raise UserError(f"{including}: _BASE_ {p} not found")
+        resolved = p.resolve()
+        if resolved in seen:
+            loop = " -> ".join(str(s) for s in [*seen, resolved])
+            raise UserError(f"{including}: _BASE_ makes a cycle: {loop}")
+        seen.append(resolved)
+        base, text = _split_base(p.read_text(encoding="utf-8"))
+        chain.append((p, text))
+        if base is None:
+            return chain[::-1]
+        including, p = p, (p.parent / os.path.expanduser(base))
 
 
 def merge_overrides(cfg: CfgNode, overrides: Sequence[str]) -> None:
@@ -317,38 +242,35 @@ def merge_overrides(cfg: CfgNode, overrides: Sequence[str]) -> None:
 
 def load_config(path: str | os.PathLike | None = None,
                 overrides: Sequence[str] = ()) -> CfgNode:
-    """Return the defaults merged with the .ini at ``path`` and ``overrides``, frozen.
+    """Return the defaults merged with the .ini at ``path`` (its bases first) and
+    ``overrides``, frozen.
 
     Raises:
-        UserError: missing file, unknown section or key, wrong type, bad value.
+        UserError: missing file or base, a base cycle, unknown section or key, wrong
+            type, bad value.
     """
     cfg = get_default_config()
     where = "command line"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: config file not found")
-        where = str(p)
-        merge_ini_text(cfg, p.read_text(encoding="utf-8"), where)
+        chain = read_chain(path)
+        for i, (file, text) in enumerate(chain):
+            bases = [str(f) for f, _ in chain[:i]][::-1]
+            merge_ini_text(cfg, text, f"{file} (bases: {', '.join(bases)})" if bases
+                           else str(file))
+        where = str(Path(path))
     merge_overrides(cfg, overrides)
-    _check(cfg, where)
+    check_config(cfg, where)
     cfg.freeze()
     return cfg
 
 
 def config_from_ini_text(text: str, where: str = "checkpoint config") -> CfgNode:
-    """Rebuild a frozen config from text written by ``config_to_ini``."""
+    """Rebuild a frozen config from text written by ``config_to_ini`` (any format)."""
     cfg = get_default_config()
     merge_ini_text(cfg, text, where)
-    _check(cfg, where)
+    check_config(cfg, where)
     cfg.freeze()
     return cfg
-
-
-def registry(full_key: str) -> Any:
-    """The registry whose names are the valid values of ``full_key`` (see REGISTRY_KEYS)."""
-    module, attribute = REGISTRY_KEYS[full_key]
-    return getattr(importlib.import_module(module), attribute)
 
 
 def with_values(cfg: CfgNode, **values: Any) -> CfgNode:
@@ -362,20 +284,13 @@ def with_values(cfg: CfgNode, **values: Any) -> CfgNode:
     return out
 
 
-def format_value(value: Any) -> str:
-    """A value as it is written in an .ini file (booleans as yes/no, tuples and lists
-    comma-separated)."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, tuple | list):
-        return ", ".join(format_value(v) for v in value)
-    return str(value)
-
-
 def config_to_ini(cfg: CfgNode) -> str:
-    """Serialise every key of ``cfg`` as a loadable .ini text."""
-    lines = ["# Merged configuration: defaults + config file + command-line overrides."]
-    for section in cfg:
+    """Serialise every key of ``cfg`` as a loadable .ini text (flat: no ``_BASE_``)."""
+    lines = [HEADER]
+    # The core sections in their order, then the added ones by name: the text does not
+    # depend on the order the packages were imported in.
+    core = [s for s in ("DATA", "MODEL", "LOSS", "TRAIN", "TEST", "TARGET") if s in cfg]
+    for section in core + sorted(s for s in cfg if s not in core):
         lines.append(f"\n[{section}]")
         for key, value in cfg[section].items():
             lines.append(f"{key} = {format_value(value)}")
@@ -385,6 +300,23 @@ def config_to_ini(cfg: CfgNode) -> str:
 def save_config(cfg: CfgNode, path: str | os.PathLike) -> None:
     """Write ``cfg`` as an .ini file atomically."""
     atomic_write_text(path, config_to_ini(cfg))
+
+
+def config_differences(old: CfgNode, new: CfgNode) -> list[tuple[str, Any, Any]]:
+    """Keys whose value differs between two configs, as (SECTION.KEY, old, new)."""
+    diffs = []
+    for section in new:
+        for key, value in new[section].items():
+            before = old[section][key] if key in old.get(section, {}) else None
+            if before != value:
+                diffs.append((f"{section}.{key}", before, value))
+    return diffs
+
+
+def network_differences(old: CfgNode, new: CfgNode) -> list[tuple[str, Any, Any]]:
+    """The keys that change the network between two configs, as (key, old, new)."""
+    keys = set(network_keys(new))
+    return [d for d in config_differences(old, new) if d[0] in keys]
 
 
 def dataset_root(cfg: CfgNode) -> str:

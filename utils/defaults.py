@@ -17,8 +17,6 @@ DEFAULTS.DATA.DATASET_NAME = "regdb"
 DEFAULTS.DATA.ROOT = ""
 # Split to train and test on, for datasets in fixed train/test splits (RegDB: 1..10); each trial's model is trained on that trial only.
 DEFAULTS.DATA.TRIAL = 1
-# SYSU-MM01: train on train + val ids (the field's practice); no = hold the official val ids out as the validation split.
-DEFAULTS.DATA.SYSU_VAL_AS_TRAIN = True
 # Training identities held out (with both modalities) as a cross-modality validation split, evaluated with the dataset's own protocol; 0 = none. Any dataset.
 DEFAULTS.DATA.VAL_IDS = 0
 # Training image size (height, width).
@@ -93,12 +91,6 @@ DEFAULTS.MODEL.POOLING = "avg"
 DEFAULTS.MODEL.GEM_P = 3.0
 # GeM: learn p (yes) or keep it fixed (no).
 DEFAULTS.MODEL.GEM_LEARNABLE = True
-# Non-local blocks after the last blocks of each backbone stage (layer1..layer4); AGW uses 0, 2, 3, 0. In a modality-specific stage each stream has its own.
-DEFAULTS.MODEL.NON_LOCAL_BLOCKS = (0, 0, 0, 0)
-# Non-local inner width = channels // NON_LOCAL_REDUCTION (when NON_LOCAL_INNER is 0).
-DEFAULTS.MODEL.NON_LOCAL_REDUCTION = 2
-# Non-local inner width in channels; 0 = channels // NON_LOCAL_REDUCTION. AGW's and CAJ's published blocks have 1 (their reduc_ratio // reduc_ratio).
-DEFAULTS.MODEL.NON_LOCAL_INNER = 0
 # Bias in the ID classifier (the BNNeck design uses none).
 DEFAULTS.MODEL.FC_BIAS = False
 # Width of the hidden layer of the modality-specific ID heads (used when LOSS.TERMS has modality_id or kl).
@@ -107,14 +99,6 @@ DEFAULTS.MODEL.HEAD_DIM = 512
 DEFAULTS.MODEL.NECK_INIT_STD = 0.0
 # Backbone stages used: 4 = stem..layer4; 3 = stop after layer3 (DEEN's RegDB network), the feature width is layer3's.
 DEFAULTS.MODEL.LAST_STAGE = 4
-# DEEN's diverse embedding expansion: generator branches (0 = none). The expanded embeddings are stacked on the batch axis, also at test time.
-DEFAULTS.MODEL.DEE_BRANCHES = 0
-# Stage (1..4 = layer1..layer4) after which the expansion sits; it must be in the shared part (>= SHARED_FROM). DEEN: 3 (SYSU-MM01, LLCM), 2 (RegDB).
-DEFAULTS.MODEL.DEE_AFTER = 3
-# DEEN's multi-level feature aggregation block after layer1..layer4 (1 = yes): a channel then a spatial non-local part fed the stage's input and output. DEEN: 1, 1, 1, 0 (RegDB: 1, 1, 0, 0).
-DEFAULTS.MODEL.MFA = (0, 0, 0, 0)
-# MFA affinity: no = divided by its size (DEEN's code), yes = softmax (DEEN's paper, Eq. 7).
-DEFAULTS.MODEL.MFA_SOFTMAX = False
 
 DEFAULTS.LOSS = CN()
 # Loss terms to train with (names registered in layers.criterion.LOSS_TERMS).
@@ -133,26 +117,6 @@ DEFAULTS.LOSS.TRIPLET_DISTANCE = "euclidean"
 DEFAULTS.LOSS.TRIPLET_MINING = "all"
 # Feature the metric losses (triplet, wrt, center) see: pool (pre-BN) or bn (post-BN).
 DEFAULTS.LOSS.METRIC_FEAT = "pool"
-# Weight of the weighted regularized triplet loss (AGW).
-DEFAULTS.LOSS.WRT_WEIGHT = 1.0
-# WRT's soft weights: exact (masked softmax, max-shifted) or published (AGW's code: unshifted negatives, +1e-6 in the normaliser; departs from exact beyond distances of about 10).
-DEFAULTS.LOSS.WRT_FORM = "exact"
-# Weight of CAJ's adaptive (ADP) triplet loss.
-DEFAULTS.LOSS.ADP_WEIGHT = 1.0
-# ADP: alpha, the softmax temperature of its positive and negative weights.
-DEFAULTS.LOSS.ADP_ALPHA = 1.0
-# ADP: gamma, the scale of the distance difference.
-DEFAULTS.LOSS.ADP_GAMMA = 1.0
-# ADP: yes = soft margin on the squared difference (CAJ's published command, square 1); no = on the difference.
-DEFAULTS.LOSS.ADP_SQUARE = True
-# Weight of DEEN's centre-guided pair mining loss (summed over the expanded embeddings, each against the originals).
-DEFAULTS.LOSS.CPM_WEIGHT = 0.8
-# CPM margin.
-DEFAULTS.LOSS.CPM_MARGIN = 0.2
-# CPM: detach the push away from the own modality's centre (DEEN's code: yes; its paper: no).
-DEFAULTS.LOSS.CPM_DETACH = True
-# Weight of DEEN's orthogonality loss between the expanded embeddings (its code: 0.01; its paper: 0.1).
-DEFAULTS.LOSS.ORTH_WEIGHT = 0.01
 # Weight of the center loss.
 DEFAULTS.LOSS.CENTER_WEIGHT = 0.0005
 # Update rate alpha of the class centres, by the center-loss paper's rule c -= alpha * sum(c - x) / (1 + n) (not the optimizer, not the schedule).
@@ -173,9 +137,9 @@ DEFAULTS.TRAIN.DETERMINISTIC = False
 DEFAULTS.TRAIN.OPTIMIZER = "adam"
 # Learning rate of the backbone.
 DEFAULTS.TRAIN.BASE_LR = 0.00035
-# Learning-rate multiple of the new layers (BNNeck, classifier, pooling, non-local) over BASE_LR.
+# Learning-rate multiple of the new layers (pooling, BNNeck, classifier) over BASE_LR.
 DEFAULTS.TRAIN.NEW_LR_FACTOR = 1.0
-# Learning rate of inserted modules (non-local, MFA, DEE): new (x NEW_LR_FACTOR) or backbone (AGW's, CAJ's and DEEN's code).
+# Learning rate of the modules a method inserts in the backbone (learning-rate group inserted: AGW's non-local blocks, DEEN's MFA and expansion): new (x NEW_LR_FACTOR) or backbone (AGW's, CAJ's and DEEN's code).
 DEFAULTS.TRAIN.INSERTED_LR = "new"
 # Learning-rate multiple of the modality-specific ID heads over BASE_LR.
 DEFAULTS.TRAIN.HEAD_LR_FACTOR = 10.0
@@ -233,8 +197,8 @@ DEFAULTS.TEST.PART_WEIGHTS = (1.0, 1.0)
 DEFAULTS.TEST.NORM_EACH = False
 # L2-normalise features before computing distances.
 DEFAULTS.TEST.NORM = True
-# Distance: euclidean (squared), cosine, or dot (minus the inner product: DEEN ranks by the sum of its parts' inner products).
-DEFAULTS.TEST.DISTANCE = "euclidean"
+# Distance: sqeuclidean (squared Euclidean), euclidean, cosine (1 - cosine similarity), or dot (minus the inner product: DEEN ranks by the sum of its parts' inner products). Rankings by sqeuclidean and euclidean are the same; re-ranking and the distance pictures use the values.
+DEFAULTS.TEST.DISTANCE = "sqeuclidean"
 # Test-time augmentation: average the feature of each image and its mirror.
 DEFAULTS.TEST.FLIP = False
 # k-reciprocal re-ranking of the distance matrix.
@@ -245,11 +209,7 @@ DEFAULTS.TEST.RERANK_K1 = 20
 DEFAULTS.TEST.RERANK_K2 = 6
 # Re-ranking: weight of the original distance.
 DEFAULTS.TEST.RERANK_LAMBDA = 0.3
-# SYSU gallery sampling: auto (official file if found, else random), official or random (seeded, AGW family).
-DEFAULTS.TEST.GALLERY = "auto"
-# SYSU official permutation file; empty = <DATA.ROOT>/exp/rand_perm_cam.mat.
-DEFAULTS.TEST.PERM_PATH = ""
-# Number of gallery trials for SYSU-MM01 and LLCM.
+# Number of gallery trials of datasets whose protocol samples its galleries (SYSU-MM01, LLCM).
 DEFAULTS.TEST.NUM_TRIALS = 10
 # Number of CMC ranks computed and reported.
 DEFAULTS.TEST.MAX_RANK = 20

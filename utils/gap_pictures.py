@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from utils.constants import INFRARED, VISIBLE
+from utils.distances import FeatureDistances
 from utils.errors import UserError
 from utils.visualize import save_figure
 
@@ -231,22 +232,16 @@ def _take(block: np.ndarray, mask: np.ndarray, ranks: np.ndarray | None,
     return values[ranks[lo:hi] - offset]
 
 
-# metric -> x-axis label; the values are those the ranking orders by (Euclidean unsquared).
-METRIC_LABELS = {"euclidean": "Euclidean distance", "cosine": "cosine distance (1 - cos)",
+# metric -> x-axis label; the values are those the ranking orders by.
+METRIC_LABELS = {"sqeuclidean": "squared Euclidean distance", "euclidean": "Euclidean distance",
+                 "cosine": "cosine distance (1 - cos)",
                  "dot": "minus the inner product"}
 
 
-def _block_distances(qc: np.ndarray, g: np.ndarray, g_sq: np.ndarray, metric: str
-                     ) -> np.ndarray:
-    """(c, G) distances of a block of query rows under ``metric``."""
-    ip = qc @ g.T
-    if metric == "dot":
-        return -ip
-    if metric == "cosine":
-        norms = np.sqrt((qc * qc).sum(axis=1))[:, None] * np.sqrt(g_sq)[None, :]
-        return 1.0 - ip / np.maximum(norms, 1e-12)
-    sq = (qc * qc).sum(axis=1)[:, None] + g_sq[None, :] - 2.0 * ip
-    return np.sqrt(np.maximum(sq, 0.0))  # rounding can push a zero distance below 0
+def _block_distances(qc: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
+    """(c, G) distances of a block of query rows under ``metric`` (``utils.distances``)."""
+    block = FeatureDistances(torch.from_numpy(qc), torch.from_numpy(g), metric, normalize=False)
+    return block.full().double().numpy()
 
 
 def _pair_distances(q: np.ndarray, g: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
@@ -261,12 +256,11 @@ def _pair_distances(q: np.ndarray, g: np.ndarray, q_pids: np.ndarray, g_pids: np
     same_ranks = _sample_ranks(same_total, max_pairs, rng)
     diff_total = q.shape[0] * g.shape[0] - same_total
     diff_ranks = _sample_ranks(diff_total, max_pairs, rng)
-    g_sq = (g * g).sum(axis=1)
     rows = max(1, _CHUNK_ELEMENTS // g.shape[0])
     same, diff = [], []
     same_seen = diff_seen = 0
     for start in range(0, q.shape[0], rows):
-        block = _block_distances(q[start:start + rows], g, g_sq, metric)
+        block = _block_distances(q[start:start + rows], g, metric)
         is_same = q_pids[start:start + rows, None] == g_pids[None, :]
         same.append(_take(block, is_same, same_ranks, same_seen))
         diff.append(_take(block, ~is_same, diff_ranks, diff_seen))
@@ -279,7 +273,7 @@ def distance_histograms(q_feat: np.ndarray | torch.Tensor, g_feat: np.ndarray | 
                         q_pids: np.ndarray | torch.Tensor, g_pids: np.ndarray | torch.Tensor,
                         path: str | os.PathLike, q_name: str = "infrared",
                         g_name: str = "visible", normalize: bool = True, bins: int = 50,
-                        max_pairs: int = 2_000_000, seed: int = 0, metric: str = "euclidean"
+                        max_pairs: int = 2_000_000, seed: int = 0, metric: str = "sqeuclidean"
                         ) -> dict:
     """Histograms of cross-modality distances for same- and different-identity pairs.
 
@@ -299,8 +293,8 @@ def distance_histograms(q_feat: np.ndarray | torch.Tensor, g_feat: np.ndarray | 
         bins: histogram bins (shared by both sets).
         max_pairs: the most pairs kept per set.
         seed: seed of the pair sampling.
-        metric: ``euclidean``, ``cosine`` or ``dot`` (TEST.DISTANCE: the distance the
-            ranking uses; Euclidean drawn unsquared).
+        metric: a name of ``utils.distances.METRICS`` (TEST.DISTANCE: the distance the
+            ranking uses).
 
     Returns:
         dict: ``distance`` (the metric), ``same_mean``, ``diff_mean`` (mean distances),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from utils.distances import FeatureDistances
 from utils.errors import UserError
 
 ArrayLike = np.ndarray | torch.Tensor | list
@@ -196,71 +197,6 @@ def _chunk_sums(dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
     ks = torch.arange(max_rank, device=dev)
     cmc_sum += (first_rank[:, None] <= ks[None]).double().sum(0)
     return cmc_sum, ap.sum(), inp.sum(), n_valid
-
-
-def feature_distance(x: torch.Tensor, y: torch.Tensor, metric: str = "euclidean",
-                     normalize: bool = True) -> torch.Tensor:
-    """Distances between two feature sets (smaller is closer).
-
-    Args:
-        x: (M, D) features; y: (N, D) features.
-        metric: ``euclidean`` (squared), ``cosine`` (1 - cosine similarity) or
-            ``dot`` (minus the inner product: a ranking by similarity).
-        normalize: L2-normalise the features first (TEST.NORM).
-
-    Returns:
-        (M, N) float32 distances on ``x``'s device.
-    """
-    return FeatureDistances(x, y, metric, normalize)[:]
-
-
-class FeatureDistances:
-    """A (Q, G) distance matrix computed a block of query rows at a time.
-
-    :func:`evaluate_ranking` reads it chunk by chunk, so the whole Q x G matrix
-    never exists; it lives on the features' device. L2 normalisation is applied
-    to the inner products through the features' inverse norms (computed once),
-    so no normalised copy of the features is made either.
-
-    Args:
-        q_feat: (Q, D) query features; g_feat: (G, D) gallery features.
-        metric, normalize: as in :func:`feature_distance`.
-    """
-
-    def __init__(self, q_feat: torch.Tensor, g_feat: torch.Tensor, metric: str = "euclidean",
-                 normalize: bool = True) -> None:
-        if metric not in ("euclidean", "cosine", "dot"):
-            raise ValueError(f"unknown distance {metric!r}: expected euclidean, cosine or dot")
-        self.q_feat, self.metric = q_feat.float(), metric
-        self.g_feat = g_feat.float().to(q_feat.device)
-        self.shape = (q_feat.shape[0], g_feat.shape[0])
-        self.device = q_feat.device
-        # Squared norms of the features as compared, and the scale that normalises them
-        # (as F.normalize: divided by max(norm, 1e-12)).
-        self.q_sq, self.q_scale = self._norms(self.q_feat, normalize or metric == "cosine")
-        self.g_sq, self.g_scale = self._norms(self.g_feat, normalize or metric == "cosine")
-
-    @staticmethod
-    def _norms(feat: torch.Tensor, unit: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        sq = feat.pow(2).sum(1)
-        if not unit:
-            return sq, None
-        scale = 1.0 / sq.sqrt().clamp(min=1e-12)
-        return sq * scale * scale, scale
-
-    def __getitem__(self, rows: slice) -> torch.Tensor:
-        prod = self.q_feat[rows] @ self.g_feat.t()
-        if self.q_scale is not None:
-            prod.mul_(self.q_scale[rows, None]).mul_(self.g_scale[None])
-        if self.metric == "dot":
-            return prod.neg_()
-        if self.metric == "cosine":
-            return prod.neg_().add_(1.0)
-        return prod.mul_(-2.0).add_(self.q_sq[rows, None]).add_(self.g_sq[None]).clamp_(min=0)
-
-    def full(self) -> torch.Tensor:
-        """The whole (Q, G) matrix (re-ranking needs it)."""
-        return self[:]
 
 
 def evaluate_ranking(distmat: ArrayLike | FeatureDistances, q_pids: ArrayLike,

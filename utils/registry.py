@@ -1,9 +1,11 @@
 """Named registries: the only lists of valid names (datasets, backbones, losses, ...).
 
-A registry maps a name to what builds the thing. The configuration derives a
-key's allowed values from its registry (``utils.config``), so adding an entry
-is all it takes to make a name valid; a miss names the key and lists the
-valid names.
+A registry maps a name to what builds the thing. A registry made for a
+configuration key enters itself in ``CONFIG_REGISTRIES``, from which
+``utils.config`` derives the key's allowed values when a config is checked:
+the packages that own the registries register them when they are imported, so
+``utils`` never imports them. Adding an entry is all it takes to make a name
+valid; a miss names the key and lists the valid names.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from utils.errors import UserError
 
 T = TypeVar("T")
 
+# Configuration key (SECTION.KEY) -> the registry whose names are its valid values.
+CONFIG_REGISTRIES: dict[str, Registry] = {}
+
 
 class Registry(dict[str, T]):
     """A ``dict`` of name -> entry whose failed lookups are user errors.
@@ -21,11 +26,16 @@ class Registry(dict[str, T]):
     Args:
         key: the configuration key that names an entry, e.g. ``DATA.DATASET_NAME``.
         what: what an entry is, for messages (``dataset``, ``backbone``, ...).
+        config_keys: the configuration keys whose values are names of this registry
+            (default ``(key,)`` when ``key`` is one); each enters ``CONFIG_REGISTRIES``.
     """
 
-    def __init__(self, key: str, what: str) -> None:
+    def __init__(self, key: str, what: str, config_keys: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.key, self.what = key, what
+        for full_key in (config_keys if config_keys is not None
+                         else (key,) if "*" not in key else ()):
+            CONFIG_REGISTRIES[full_key] = self
 
     def __setitem__(self, name: str, entry: T) -> None:
         # Configuration values are matched in lower case.
