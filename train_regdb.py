@@ -1,6 +1,6 @@
 """Train on RegDB, one model per trial, and test each on its trial in both directions.
 
-    python train_regdb.py --config configs/res50_regdb_all.ini [--trial N|N,M|all]
+    python train_regdb.py --config configs/res50/regdb.ini [--trial N|N,M|all]
         [--resume [PATH]] [KEY VALUE ...]
 """
 from functools import partial

@@ -1,6 +1,6 @@
 """Train on SYSU-MM01, then test the selected model with the full SYSU protocol.
 
-    python train_sysumm.py --config configs/res50_sysumm_all.ini [--resume [PATH]] [KEY VALUE ...]
+    python train_sysumm.py --config configs/res50/sysumm.ini [--resume [PATH]] [KEY VALUE ...]
     torchrun --nproc_per_node=N train_sysumm.py --config ...
 """
 from functools import partial

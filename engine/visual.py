@@ -8,8 +8,8 @@ import torch
 from yacs.config import CfgNode
 
 from engine.evaluate import Evaluation
-from utils.gap_pictures import distance_histograms, embedding_map
 from utils.distances import feature_distance
+from utils.gap_pictures import distance_histograms, embedding_map
 from utils.visualize import cmc_curves, ranked_sheet
 
 

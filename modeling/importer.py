@@ -15,6 +15,7 @@ The config's TEST keys are set to the authors' test-time feature, so that
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import os
@@ -28,7 +29,13 @@ from yacs.config import CfgNode
 
 from modeling import build_model
 from modeling.published import OWN_ONLY, count_by_group, key_table
-from utils.config import config_to_ini, format_value, load_config, with_values
+from utils.config import (
+    config_to_ini,
+    format_value,
+    load_config,
+    network_differences,
+    with_values,
+)
 from utils.errors import UserError
 from utils.io import atomic_torch_save, load_tensor_file
 from utils.state import short_list
@@ -37,35 +44,34 @@ SOURCES = ("agw", "caj", "deen")
 LABELS = {"agw": "AGW", "caj": "CAJ", "deen": "DEEN"}
 RESAVE = "torch.save({'net': model.state_dict()}, path)"
 
-_RESNET50 = {"MODEL.NAME": "resnet50", "MODEL.LAST_STRIDE": 1, "MODEL.SHARED_FROM": 1,
-             "MODEL.FC_BIAS": False}
-# MODEL keys that build each published network; DEEN's RegDB network stops after
-# layer3 and has no MFA block after it.
-NETWORKS: dict[str, dict[str, Any]] = {
-    "agw": {**_RESNET50, "MODEL.POOLING": "gem", "MODEL.GEM_P": 3.0,
-            "MODEL.NON_LOCAL_BLOCKS": (0, 2, 3, 0), "MODEL.NON_LOCAL_INNER": 1,
-            "MODEL.MFA": (0, 0, 0, 0), "MODEL.DEE_BRANCHES": 0, "MODEL.LAST_STAGE": 4},
-    "deen": {**_RESNET50, "MODEL.POOLING": "avg", "MODEL.NON_LOCAL_BLOCKS": (0, 0, 0, 0),
-             "MODEL.MFA": (1, 1, 1, 0), "MODEL.MFA_SOFTMAX": False, "MODEL.DEE_BRANCHES": 2,
-             "MODEL.DEE_AFTER": 3, "MODEL.LAST_STAGE": 4},
-    "deen-regdb": {**_RESNET50, "MODEL.POOLING": "avg", "MODEL.NON_LOCAL_BLOCKS": (0, 0, 0, 0),
-                   "MODEL.MFA": (1, 1, 0, 0), "MODEL.MFA_SOFTMAX": False,
-                   "MODEL.DEE_BRANCHES": 2, "MODEL.DEE_AFTER": 2, "MODEL.LAST_STAGE": 3},
-}
-NETWORK_LABELS = {"agw": "AGW/CAJ's network (configs/agw_*.ini, caj_*.ini)",
-                  "deen": "DEEN's SYSU-MM01/LLCM network (configs/deen_sysumm.ini, "
-                          "deen_llcm.ini)",
-                  "deen-regdb": "DEEN's RegDB network (configs/deen_regdb.ini)"}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# The recipe file that builds each published network (AGW's and CAJ's are one; DEEN's
+# RegDB network stops after layer3 and has no MFA block after it); its keys that define
+# the network are the ones a config must have to import that network.
+NETWORK_RECIPES = {"agw": "agw/agw.ini", "deen": "deen/deen.ini", "deen-regdb": "deen/regdb.ini"}
+NETWORK_LABELS = {"agw": "AGW/CAJ's network (configs/agw/, configs/caj/)",
+                  "deen": "DEEN's SYSU-MM01/LLCM network (configs/deen/deen.ini, sysumm.ini, "
+                          "llcm.ini)",
+                  "deen-regdb": "DEEN's RegDB network (configs/deen/regdb.ini)"}
+# The recipe whose TEST keys are each source's test-time feature, and which of them.
+TEST_RECIPES = {"agw": "agw/agw.ini", "caj": "caj/caj.ini", "deen": "deen/deen.ini"}
+TEST_FEATURE_KEYS = ("FEAT", "VIEWS", "PART_WEIGHTS", "NORM_EACH", "NORM", "DISTANCE", "FLIP",
+                     "RERANK")
 
-# The authors' test-time feature per source: the TEST keys set, and in words.
-TEST_KEYS: dict[str, dict[str, Any]] = {
-    "agw": {"TEST.FEAT": "bn", "TEST.NORM": True, "TEST.FLIP": False, "TEST.RERANK": False},
-    "caj": {"TEST.FEAT": "bn", "TEST.FLIP": True, "TEST.NORM_EACH": True, "TEST.NORM": True,
-            "TEST.RERANK": False},
-    "deen": {"TEST.FEAT": "pool+bn", "TEST.VIEWS": "all", "TEST.NORM_EACH": True,
-             "TEST.FLIP": True, "TEST.NORM": False, "TEST.DISTANCE": "dot",
-             "TEST.RERANK": False},
-}
+
+@functools.cache
+def recipe(relative: str) -> CfgNode:
+    """The merged config of ``configs/<relative>``."""
+    return load_config(CONFIGS / relative)
+
+
+def test_keys(source: str) -> dict[str, Any]:
+    """The authors' test-time feature of ``source``: TEST keys of its recipe."""
+    test = recipe(TEST_RECIPES[source]).TEST
+    return {f"TEST.{k}": tuple(test[k]) if isinstance(test[k], list | tuple) else test[k]
+            for k in TEST_FEATURE_KEYS}
+
+
 TEST_FEATURES = {
     "agw": "the BN feature, L2-normalised, no flip (AGW's test.py)",
     "caj": "the BN feature of the image and its mirror, each L2-normalised, averaged and "
@@ -146,12 +152,9 @@ def check_network(source: str, network: str, cfg: CfgNode, where: str,
     if (source == "deen") != (family == "deen"):
         raise UserError(f"--from {source}, but {file} holds {NETWORK_LABELS[network]}: "
                         f"use --from {'deen' if family == 'deen' else 'agw or caj'}")
-    wrong = []
-    for key, expected in NETWORKS[network].items():
-        section, name = key.split(".")
-        value = cfg[section][name]
-        if (tuple(value) if isinstance(value, list | tuple) else value) != expected:
-            wrong.append(f"{key} = {format_value(value)} (expected {format_value(expected)})")
+    wrong = [f"{key} = {format_value(now)} (expected {format_value(expected)})"
+             for key, expected, now in network_differences(recipe(NETWORK_RECIPES[network]),
+                                                           cfg)]
     if wrong:
         raise UserError(f"{where} does not build {NETWORK_LABELS[network]}, which {file} "
                         f"holds: {'; '.join(wrong)}")
@@ -233,7 +236,7 @@ def convert(source: str, net: dict[str, torch.Tensor], cfg: CfgNode,
 def set_test_keys(source: str, cfg: CfgNode) -> tuple[CfgNode, list[tuple[str, Any, Any]]]:
     """``cfg`` with the source's test-time keys; returns it and the (key, old, new) changes."""
     changes = []
-    for key, value in TEST_KEYS[source].items():
+    for key, value in test_keys(source).items():
         section, name = key.split(".")
         if cfg[section][name] != value:
             changes.append((key, cfg[section][name], value))
@@ -295,7 +298,7 @@ def import_checkpoint(source: str, src: str | os.PathLike, config: str | os.Path
     Args:
         source: agw, caj or deen.
         src: the released file.
-        config: an .ini building the published network (e.g. configs/agw_sysumm.ini).
+        config: an .ini building the published network (e.g. configs/agw/sysumm.ini).
         out: where to write the checkpoint (atomically).
         overrides: KEY VALUE pairs applied to the config.
 

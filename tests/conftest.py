@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# Every package registers its config sections and registry names when imported.
+import data  # noqa: F401
+import layers  # noqa: F401
+import modeling  # noqa: F401
+import solver  # noqa: F401
 from tools.make_synthetic_data import make_llcm, make_regdb, make_sysu
 
 # ../shared relative to the repository root: official SYSU-MM01 protocol files.

@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 
 from layers.criterion import build_criterion
-from layers.non_local import NonLocalBlock
 from modeling import BACKBONES, STAGES, Backbone, build_model
+from modeling.methods.agw import NonLocalBlock
 from solver.optimizer import build_optimizer
 from utils.config import load_config
 from utils.errors import UserError

@@ -22,9 +22,10 @@ from data.transforms import (
     load_image,
     to_chw,
 )
-from utils.config import load_config, registry
+from utils.config import load_config
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
+from utils.registry import CONFIG_REGISTRIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,8 +161,8 @@ def test_random_rule_uses_the_probability_and_each_part_its_rule() -> None:
 def test_rule_names_come_from_the_registry() -> None:
     for key in ("DATA.CHANNEL_AUG_VISIBLE", "DATA.CHANNEL_AUG_COPY",
                 "DATA.CHANNEL_AUG_INFRARED"):
-        assert registry(key) is CHANNEL_RULES
-    assert registry("DATA.RESIZE") is RESIZE_FILTERS
+        assert CONFIG_REGISTRIES[key] is CHANNEL_RULES
+    assert CONFIG_REGISTRIES["DATA.RESIZE"] is RESIZE_FILTERS
     with pytest.raises(UserError, match="DATA.CHANNEL_AUG_COPY = 'swap' is not a known channel "
                                         "rule; valid names: none, random, exchange"):
         load_config(None, ["DATA.CHANNEL_AUG_COPY", "swap"])

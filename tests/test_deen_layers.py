@@ -3,8 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from layers.dee import DiverseEmbeddingExpansion
-from layers.mfa import MFA, ChannelNonLocal, SpatialNonLocal
+from modeling.methods.deen.modules import (
+    MFA,
+    ChannelNonLocal,
+    DiverseEmbeddingExpansion,
+    SpatialNonLocal,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,13 +4,14 @@ import math
 import pytest
 import torch
 
-from layers.deen_losses import (
-    adaptive_triplet_adp,
-    center_guided_pair_mining,
-    orthogonality_loss,
+from layers.metric import mining_masks
+from modeling.methods.agw import (
+    weighted_regularized_triplet,
     weighted_regularized_triplet_published,
 )
-from layers.metric import batch_distance, mining_masks, weighted_regularized_triplet
+from modeling.methods.caj import adaptive_triplet_adp
+from modeling.methods.deen.losses import center_guided_pair_mining, orthogonality_loss
+from utils.distances import pairwise_distance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,7 +168,7 @@ def test_adp_matches_loop_reference(alpha, gamma, square):
     x = [0.0, 1.0, 1.5, 4.0]
     pid = torch.tensor([0, 0, 1, 1])
     pos, neg = mining_masks(pid, torch.zeros_like(pid))
-    dist = batch_distance(torch.tensor(x)[:, None])
+    dist = pairwise_distance(torch.tensor(x)[:, None])
     loss = adaptive_triplet_adp(dist, pos, neg, alpha, gamma, square)
     assert loss.item() == pytest.approx(adp_reference(x, pid, alpha, gamma, square), abs=1e-5)
 
@@ -179,7 +180,7 @@ def test_adp_hand_computed_anchor():
     # far < close, so y = +1: log(1 + exp(-(0.731058 - 1.689638)^2)) = log(1 + e^-0.918876)
     pid = torch.tensor([0, 0, 1, 1])
     pos, neg = mining_masks(pid, torch.zeros_like(pid))
-    dist = batch_distance(torch.tensor([[0.0], [1.0], [1.5], [4.0]]))
+    dist = pairwise_distance(torch.tensor([[0.0], [1.0], [1.5], [4.0]]))
     loss = adaptive_triplet_adp(dist[:1], pos[:1], neg[:1])
     assert loss.item() == pytest.approx(0.335734, abs=1e-5)
 
@@ -190,7 +191,7 @@ def test_adp_square_clamps_at_88():
     feat = torch.tensor(x)[:, None].requires_grad_(True)
     pid = torch.tensor([0, 0, 1, 2])
     pos, neg = mining_masks(pid, torch.zeros_like(pid))
-    dist = batch_distance(feat)
+    dist = pairwise_distance(feat)
     assert adaptive_triplet_adp(dist[:1], pos[:1], neg[:1]).item() == pytest.approx(88.0, abs=1e-4)
     loss = adaptive_triplet_adp(dist, pos, neg)
     assert loss.item() == pytest.approx(adp_reference(x, pid, 1.0, 1.0, True), abs=1e-4)
@@ -203,7 +204,7 @@ def wrt_pair(x, pid, modality):
     out = []
     for fn in (weighted_regularized_triplet_published, weighted_regularized_triplet):
         xx = x.clone().requires_grad_(True)
-        loss = fn(batch_distance(xx), pos, neg)
+        loss = fn(pairwise_distance(xx), pos, neg)
         loss.backward()
         out.append((loss.detach(), xx.grad))
     return out

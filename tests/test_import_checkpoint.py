@@ -27,7 +27,7 @@ from torch import nn
 from engine.checkpoint import check_resume_compatible, load_checkpoint
 from engine.tester import load_model
 from modeling import build_model
-from modeling.importer import TEST_KEYS, convert, read_released
+from modeling.importer import convert, read_released, test_keys
 from modeling.published import key_table
 from utils.config import config_from_ini_text, load_config
 from utils.errors import UserError
@@ -213,7 +213,7 @@ def test_import_is_strict_bijective_and_gives_the_same_features(imported, name):
     assert "TEST keys already matched" in item.summary
     cfg = config_from_ini_text(ckpt["config"])
     assert cfg.MODEL.PRETRAIN_PATH == ""
-    for key, value in TEST_KEYS[v.source].items():
+    for key, value in test_keys(v.source).items():
         section, k = key.split(".")
         assert cfg[section][k] == value
     # Features of the imported model = those of the model the file was made from.
@@ -231,7 +231,7 @@ def full_net(name: str) -> dict[str, torch.Tensor]:
 
 
 def agw_cfg():
-    return load_config(CONFIGS / "agw_sysumm.ini", ["MODEL.PRETRAIN_PATH", ""])
+    return load_config(CONFIGS / "agw/sysumm.ini", ["MODEL.PRETRAIN_PATH", ""])
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -263,11 +263,11 @@ def test_missing_keys_shapes_and_foreign_tensors_are_refused_in_one_line():
 def test_a_config_or_source_of_another_network_is_refused_in_one_line():
     deen = full_net("deen-regdb")
     with pytest.raises(UserError) as exc:
-        convert("deen", deen, agw_cfg(), where="configs/agw_sysumm.ini")
+        convert("deen", deen, agw_cfg(), where="configs/agw/sysumm.ini")
     msg = one_line(exc)
-    assert msg.startswith("configs/agw_sysumm.ini does not build DEEN's RegDB network")
+    assert msg.startswith("configs/agw/sysumm.ini does not build DEEN's RegDB network")
     assert "MODEL.POOLING = gem (expected avg)" in msg and "MODEL.MFA = 0, 0, 0, 0" in msg
-    sysu_cfg = load_config(CONFIGS / "deen_sysumm.ini", ["MODEL.PRETRAIN_PATH", ""])
+    sysu_cfg = load_config(CONFIGS / "deen/sysumm.ini", ["MODEL.PRETRAIN_PATH", ""])
     with pytest.raises(UserError) as exc:
         convert("deen", deen, sysu_cfg)
     assert "MODEL.LAST_STAGE = 4 (expected 3)" in one_line(exc)
@@ -321,7 +321,7 @@ def test_released_layouts_bare_and_dataparallel_and_numpy1_files(tmp_path):
 def test_whole_model_pickle_is_refused_by_the_tool_in_one_line(tmp_path, capsys):
     torch.save({"net": TinyNet(), "epoch": 3}, tmp_path / "whole.t")
     argv = ["import_checkpoint.py", "--from", "agw", str(tmp_path / "whole.t"), "--config",
-            str(CONFIGS / "agw_sysumm.ini"), "--out", str(tmp_path / "out.pth")]
+            str(CONFIGS / "agw/sysumm.ini"), "--out", str(tmp_path / "out.pth")]
     with mock.patch.object(sys, "argv", argv), pytest.raises(SystemExit) as exc:
         IMPORT_TOOL.main()
     assert exc.value.code == 2
@@ -350,7 +350,7 @@ def test_test_script_runs_on_imported_models(imported, name, root, request, tmp_
     assert exc.value.code == 0, err
     res = json.loads((tmp_path / "r.json").read_text())
     protocol = res["protocol"]
-    for key, value in TEST_KEYS[item.variant.source].items():
+    for key, value in test_keys(item.variant.source).items():
         field = key.split(".")[1].lower()
         if field in protocol:
             assert protocol[field] == value, key
@@ -365,7 +365,7 @@ def test_test_script_runs_on_imported_models(imported, name, root, request, tmp_
 def test_pretrain_path_naming_a_checkpoint_initialises_the_whole_network(imported):
     item = imported("agw")
     saved = load_checkpoint(item.path)["model"]
-    cfg = load_config(CONFIGS / "agw_regdb.ini", ["MODEL.PRETRAIN_PATH", str(item.path)])
+    cfg = load_config(CONFIGS / "agw/regdb.ini", ["MODEL.PRETRAIN_PATH", str(item.path)])
     other = build_model(cfg, 206)  # RegDB's classes, not the file's 395
     for key, value in other.state_dict().items():
         if key.startswith("classifier."):
@@ -375,14 +375,14 @@ def test_pretrain_path_naming_a_checkpoint_initialises_the_whole_network(importe
     same = build_model(cfg, 395)
     assert torch.equal(same.classifier.weight, saved["classifier.weight"])
     # Training-only modality heads absent from the checkpoint keep their init.
-    heads = load_config(CONFIGS / "agw_regdb.ini", ["MODEL.PRETRAIN_PATH", str(item.path),
+    heads = load_config(CONFIGS / "agw/regdb.ini", ["MODEL.PRETRAIN_PATH", str(item.path),
                                                     "LOSS.TERMS", "id, wrt, modality_id"])
     assert build_model(heads, 206).heads is not None
     # An imported network has no training state to resume.
     with pytest.raises(UserError) as exc:
         check_resume_compatible(load_checkpoint(item.path), cfg, 395, str(item.path))
     assert f"start a run with MODEL.PRETRAIN_PATH {item.path}" in one_line(exc)
-    wrong = load_config(CONFIGS / "agw_regdb.ini", ["MODEL.PRETRAIN_PATH", str(item.path),
+    wrong = load_config(CONFIGS / "agw/regdb.ini", ["MODEL.PRETRAIN_PATH", str(item.path),
                                                     "MODEL.NON_LOCAL_BLOCKS", "0, 1, 3, 0"])
     with pytest.raises(UserError) as exc:
         build_model(wrong, 206)

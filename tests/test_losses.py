@@ -5,16 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layers import (
-    LOSS_TERMS,
-    CenterLoss,
-    batch_distance,
-    batch_hard_triplet,
-    build_criterion,
-    mining_masks,
-    weighted_regularized_triplet,
-)
+from layers import LOSS_TERMS, CenterLoss, batch_hard_triplet, build_criterion, mining_masks
+from modeling.methods.agw import weighted_regularized_triplet
 from utils.config import get_default_config, load_config
+from utils.distances import pairwise_distance
 from utils.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,14 +36,14 @@ def outputs(feat: torch.Tensor, num_classes: int = 4) -> dict:
 def triplet_of(feat, pid, modality=None, margin=0.3, mining="all", distance="euclidean"):
     modality = torch.zeros_like(pid) if modality is None else modality
     pos, neg = mining_masks(pid, modality, mining)
-    return batch_hard_triplet(batch_distance(feat, distance), pos, neg, margin)
+    return batch_hard_triplet(pairwise_distance(feat, metric=distance), pos, neg, margin)
 
 
 def test_distances():
     x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 2.0]])
-    d = batch_distance(x)
+    d = pairwise_distance(x)
     assert torch.allclose(d, torch.cdist(x, x), atol=1e-5)
-    c = batch_distance(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]]), "cosine")
+    c = pairwise_distance(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]]), metric="cosine")
     assert torch.allclose(c, torch.tensor([[0.0, 1, 2], [1, 0, 1], [2, 1, 0]]), atol=1e-6)
 
 
@@ -82,7 +76,7 @@ def test_no_nan_gradient_at_zero_distance():
     for distance in ("euclidean", "cosine"):
         feat.grad = None
         pos, neg = mining_masks(pid, torch.zeros_like(pid))
-        weighted_regularized_triplet(batch_distance(feat, distance), pos, neg).backward()
+        weighted_regularized_triplet(pairwise_distance(feat, metric=distance), pos, neg).backward()
         assert torch.isfinite(feat.grad).all()
 
 
@@ -113,7 +107,7 @@ def test_wrt_matches_reference_and_survives_duplicates(mining):
     pid = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     modality = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
     pos, neg = mining_masks(pid, modality, mining)
-    loss = weighted_regularized_triplet(batch_distance(feat), pos, neg)
+    loss = weighted_regularized_triplet(pairwise_distance(feat), pos, neg)
     assert loss.item() == pytest.approx(wrt_reference(feat.detach(), pid, modality, mining),
                                         abs=1e-4)
     loss.backward()
@@ -131,7 +125,7 @@ def test_cross_mining_uses_only_other_modality_pairs():
     # 1-D: anchor 0 (visible, id 0) at 0. Same-modality positive far (10), cross
     # positive at 1; same-modality negative near (0.5), cross negatives at 3 and 4.
     feat = torch.tensor([[0.0], [10.0], [1.0], [0.5], [3.0], [4.0]])
-    dist = batch_distance(feat)
+    dist = pairwise_distance(feat)
     loss_cross = batch_hard_triplet(dist[:1], pos[:1], neg[:1], margin=0.0)
     assert loss_cross.item() == 0.0  # 1 - 3 < 0: only cross pairs were used
     pos_all, neg_all = mining_masks(pid, modality, "all")

@@ -9,8 +9,9 @@ import torch
 from data.llcm import LLCM
 from data.regdb import RegDB
 from data.sysu import SYSUMM01
+from utils.distances import FeatureDistances, feature_distance
 from utils.errors import UserError
-from utils.metrics import FeatureDistances, RankingRule, evaluate_ranking, feature_distance
+from utils.metrics import RankingRule, evaluate_ranking
 from utils.rerank import k_reciprocal_rerank
 
 SYSU_LABEL = {1: 1, 2: 2, 3: 2, 4: 4, 5: 5, 6: 6}

@@ -6,8 +6,9 @@ import torch
 import torchvision
 from torch import nn
 
-from layers import GeneralizedMeanPooling, NonLocalBlock
+from layers import GeneralizedMeanPooling
 from modeling import STAGES, EvalFeature, build_model
+from modeling.methods.agw import NonLocalBlock
 from utils.config import load_config
 from utils.errors import UserError
 

@@ -23,8 +23,9 @@ from data.sysu import resolve_gallery as resolve_sysu_gallery
 from engine.evaluate import evaluate_features
 from engine.inference import extract_features
 from utils.config import load_config
+from utils.distances import feature_distance
 from utils.errors import UserError
-from utils.metrics import evaluate_ranking, feature_distance
+from utils.metrics import evaluate_ranking
 
 
 def read(name: str, root: Path, *overrides: str):

@@ -12,20 +12,19 @@ from data.build import make_train_loader
 from data.transforms import PART_COPY, PART_PLAIN
 from engine.inference import extract_features
 from layers import build_criterion
-from layers.dee import DiverseEmbeddingExpansion
-from layers.deen_losses import (
-    adaptive_triplet_adp,
-    center_guided_pair_mining,
-    orthogonality_loss,
+from layers.metric import mining_masks
+from modeling import build_model
+from modeling.methods.agw import (
+    NonLocalBlock,
     weighted_regularized_triplet_published,
 )
-from layers.metric import batch_distance, mining_masks
-from layers.mfa import MFA
-from layers.non_local import NonLocalBlock
-from modeling import build_model
+from modeling.methods.caj import adaptive_triplet_adp
+from modeling.methods.deen.losses import center_guided_pair_mining, orthogonality_loss
+from modeling.methods.deen.modules import MFA, DiverseEmbeddingExpansion
 from solver import build_optimizer, build_scheduler
 from utils.config import load_config
 from utils.constants import INFRARED, VISIBLE
+from utils.distances import pairwise_distance
 from utils.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,7 +118,7 @@ def test_caj_batches_are_the_published_joint_batches(regdb_root):
     total, terms = criterion(out, batch["pid"], mod)
     assert set(terms) == {"loss_id", "loss_adp"} and out["logits"].shape[0] == 12
     pos, neg = mining_masks(batch["pid"], mod, "all")
-    expected = adaptive_triplet_adp(batch_distance(out["feat"]), pos, neg, 1.0, 1.0, True)
+    expected = adaptive_triplet_adp(pairwise_distance(out["feat"]), pos, neg, 1.0, 1.0, True)
     assert terms["loss_adp"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert total.item() == pytest.approx(sum(t.item() for t in terms.values()), rel=1e-6)
 
@@ -131,7 +130,7 @@ def test_agw_trains_with_its_own_wrt_form():
     pid, mod = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])
     out = {"feat": feat, "bn_feat": feat, "logits": torch.zeros(4, 4)}
     pos, neg = mining_masks(pid, mod, "all")
-    expected = weighted_regularized_triplet_published(batch_distance(feat), pos, neg)
+    expected = weighted_regularized_triplet_published(pairwise_distance(feat), pos, neg)
     assert crit(out, pid, mod)[1]["loss_wrt"].item() == pytest.approx(expected.item())
 
 

@@ -18,7 +18,7 @@ from utils.errors import UserError
 main_regdb = partial(train_main, "train_regdb.py", "regdb")
 
 CPU = torch.device("cpu")
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "res50_regdb_all.ini")
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "res50/regdb.ini")
 
 
 def tiny_opts(root: Path, out: Path, *extra: str) -> list[str]:

@@ -13,7 +13,8 @@ from data.protocols import sample_gallery_seeded
 from data.regdb import RegDB
 from data.sysu import SYSUMM01
 from tests.helpers import REPO, load_test_script, run_script, save_random_checkpoint
-from utils.metrics import evaluate_ranking, feature_distance
+from utils.distances import feature_distance
+from utils.metrics import evaluate_ranking
 
 SCRIPT = load_test_script("vireid_test_script")
 save_checkpoint = save_random_checkpoint

@@ -69,7 +69,7 @@ def test_llcm_script_trains_and_tests_both_directions(llcm_root: Path, tmp_path:
 
 def test_entry_scripts_report_user_errors_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "train_sysumm.py", "--config", "configs/res50_regdb_all.ini"],
+        [sys.executable, "train_sysumm.py", "--config", "configs/res50/regdb.ini"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: train_sysumm.py trains sysumm but the config has "
@@ -84,7 +84,7 @@ def test_entry_scripts_report_user_errors_in_one_line(tmp_path: Path) -> None:
 
 def test_command_line_parsing() -> None:
     parser = train_parser("train_regdb.py", "RegDB", trials=True)
-    cfg_path = str(REPO / "configs" / "res50_regdb_all.ini")
+    cfg_path = str(REPO / "configs" / "res50/regdb.ini")
     args, cfg = parse_train_args(parser, ["--config", cfg_path, "--resume",
                                           "TRAIN.MAX_EPOCHS", "7"])
     assert args.resume == AUTO and cfg.TRAIN.MAX_EPOCHS == 7

@@ -1,6 +1,6 @@
 """Learning check of the paper recipes: DEEN against AGW as configured, at reduced size.
 
-Both configs (``configs/deen_regdb.ini``, ``configs/agw_regdb.ini``) train on the
+Both configs (``configs/deen/regdb.ini``, ``configs/agw/regdb.ini``) train on the
 project's synthetic RegDB with everything that makes them what they are
 (network, losses, batch shape, augmentations, optimizer groups, per-epoch
 warmup, test feature) and only these reductions, the same for both: a
@@ -10,7 +10,7 @@ then 1 after layer2 and 1 after layer3, as ResNet-18 stages have 2 blocks),
 (warmup, decays, length) scaled in proportion to it. Each figure is the mean
 and sample std of R1 visible->thermal (trial 1) over ``--seeds`` seeds.
 
-    python tools/bench_recipes.py [--seeds 2] [--steps 300] [--recipes deen_regdb agw_regdb]
+    python tools/bench_recipes.py [--seeds 2] [--steps 300] [--recipes deen/regdb agw/regdb]
                                   [--set KEY VALUE ...]
 
 ``--set KEY VALUE`` (repeatable) changes every recipe before it is reduced, an
@@ -61,8 +61,8 @@ def reduced(name: str, root: Path, out: Path, seed: int, steps: int,
         "TRAIN.STEPS", ", ".join(map(str, milestones)), "TRAIN.EVAL_PERIOD", "0",
         "TRAIN.CHECKPOINT_PERIOD", str(epochs), "TRAIN.LOG_PERIOD", "1000",
         "TRAIN.OUTPUT_PATH", str(out)]
-    if any(full.MODEL.NON_LOCAL_BLOCKS):
-        overrides += ["MODEL.NON_LOCAL_BLOCKS", "0, 1, 1, 0"]
+    if any(full.AGW.NON_LOCAL_BLOCKS):
+        overrides += ["AGW.NON_LOCAL_BLOCKS", "0, 1, 1, 0"]
     return load_config(REPO / "configs" / f"{name}.ini", [*base, *overrides])
 
 
@@ -110,7 +110,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--recipes", nargs="+", default=["deen_regdb", "agw_regdb"])
+    parser.add_argument("--recipes", nargs="+", default=["deen/regdb", "agw/regdb"])
     parser.add_argument("--set", nargs=2, action="append", default=[],
                         metavar=("KEY", "VALUE"),
                         help="change every recipe before the reduction (repeatable)")

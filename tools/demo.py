@@ -161,9 +161,9 @@ outputs:
   {pics}/training_curves.png             loss terms, learning rate, periodic evaluation
 
 next, on real data (see README.md for the layouts):
-  python train_regdb.py --config configs/agw_regdb.ini DATA.ROOT /data/RegDB --trial all
+  python train_regdb.py --config configs/agw/regdb.ini DATA.ROOT /data/RegDB --trial all
   python test.py --model_path 'output/agw_regdb/trial_{{trial}}/last.pth' --trial all
-  python train_sysumm.py --config configs/agw_sysumm.ini DATA.ROOT /data/SYSU-MM01
+  python train_sysumm.py --config configs/agw/sysumm.ini DATA.ROOT /data/SYSU-MM01
   python test.py --model_path output/agw_sysumm/last.pth --output results.json --visualize pics
 """
 

@@ -27,11 +27,11 @@ Checks (``tools/device_checks``; sizes in ``common.GPU_PLAN``):
   too; ``eval_100000x100000``: the GPU only, seconds and peak memory at two chunk
   sizes.
 - ``torchrun``: ``torch.distributed.run --nproc_per_node=1 train_sysumm.py``
-  (res50_sysumm_all.ini: random weights, evaluated at the end, stay finite without
+  (res50/sysumm.ini: random weights, evaluated at the end, stay finite without
   the non-local blocks) with NCCL and TRAIN.SYNC_BN yes (the layers become
   SyncBatchNorm; PyTorch skips their all-reduce in a group of one), then
   ``test.py --device cuda`` on its checkpoint.
-- ``train_speed[64]``, ``train_speed[128]``: ResNet-50 (agw_sysumm.ini) at
+- ``train_speed[64]``, ``train_speed[128]``: ResNet-50 (agw/sysumm.ini) at
   288x144, bf16 + channels_last: model-only ceiling, the engine's epoch from the
   decoded cache with 8 workers, their ratio, GPU busy fraction.
 - ``inference_speed``: feature extraction of 4,096 images at 288x144.
@@ -76,6 +76,7 @@ from tools.device_checks.common import (  # noqa: E402
     GPU_PLAN,
     CheckResult,
     Context,
+    recipe_name,
     run_check,
     shipped_configs,
 )
@@ -100,19 +101,19 @@ def plan_checks(ctx: Context) -> list[tuple[str, str, Callable[[], dict], bool]]
     configs = shipped_configs()
     checks: list[tuple[str, str, Callable[[], dict], bool]] = []
     for config in configs:
-        checks.append((f"fp32_agreement[{config.stem}]", "fp32_agreement",
+        checks.append((f"fp32_agreement[{recipe_name(config)}]", "fp32_agreement",
                        lambda c=config: training.fp32_agreement(ctx, c), True))
     for config in configs:
         for precision in ctx.plan.precisions:
-            checks.append((f"training[{config.stem},{precision}]", "training",
+            checks.append((f"training[{recipe_name(config)},{precision}]", "training",
                            lambda c=config, p=precision: training.short_run(ctx, c, p), True))
-    main = CONFIG_DIR / "agw_sysumm.ini"
+    main = CONFIG_DIR / "agw/sysumm.ini"
     checks += [
         ("resume_fp16" if ctx.cuda else "resume", "resume",
          lambda: training.resume_with_scaler(ctx, main), True),
         ("channels_last", "channels_last", lambda: training.channels_last_loss(ctx, main), True),
         ("augment_on_device", "augment",
-         lambda: training.augment_on_device(ctx, CONFIG_DIR / "caj_sysumm.ini"), True),
+         lambda: training.augment_on_device(ctx, CONFIG_DIR / "caj/sysumm.ini"), True),
         ("eval_sysu", "evaluation", lambda: evaluation.sysu_size(ctx), True),
         (f"eval_{ctx.plan.big}x{ctx.plan.big}", "evaluation", lambda: evaluation.square(ctx),
          True),
@@ -247,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
               "dataset": {"layout": "SYSU-MM01 (synthetic)", "image_size": list(plan.image_size),
                           "ids": "20 train + 4 val (trained on) + 6 test", "draw_s": draw_s},
-              "configs": [p.name for p in shipped_configs()],
+              "configs": [str(p.relative_to(CONFIG_DIR)) for p in shipped_configs()],
               "checks": [r.to_json() for r in results]}
     atomic_write_text(args.output, json.dumps(report, indent=2, default=str) + "\n")
     print(table(results))

@@ -107,6 +107,7 @@ class Section:
     keys: list[Key]
     owner: str
     renames: dict[str, str] = field(default_factory=dict)
+    check: Check | None = None
 
 
 # Section name -> its description, in the order the sections were added.
@@ -149,7 +150,7 @@ def add_config_section(name: str, title: str, keys: list[Key], owner: str,
     RENAMES.update(moved)
     if check is not None:
         CHECKS.append(check)
-    section = Section(name, title, list(keys), owner, moved)
+    section = Section(name, title, list(keys), owner, moved, check)
     SECTIONS[name] = section
     return section
 
@@ -235,3 +236,18 @@ def _check_core(cfg: CfgNode, where: str) -> None:
                         f"{', '.join(terms)}")
     if len(set(cfg.LOSS.TERMS)) != len(cfg.LOSS.TERMS):
         raise UserError(f"{where}: LOSS.TERMS = {', '.join(cfg.LOSS.TERMS)} names a term twice")
+
+
+def remove_config_section(name: str) -> None:
+    """Undo :func:`add_config_section` (for tests that add a section for a while)."""
+    section = SECTIONS.pop(name)
+    del DEFAULTS[name]
+    for key in section.keys:
+        full = f"{name}.{key.name}"
+        CHOICES.pop(full, None)
+        RANGES.pop(full, None)
+        NETWORK_KEYS.discard(full)
+    for old in section.renames:
+        RENAMES.pop(old, None)
+    if section.check is not None and section.check in CHECKS:
+        CHECKS.remove(section.check)

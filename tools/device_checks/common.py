@@ -194,8 +194,9 @@ def run_check(name: str, group: str, fn: Callable[[], Figures], required: bool =
 
 
 def shipped_configs() -> list[Path]:
-    """Every ``configs/*.ini``, in name order."""
-    return sorted(CONFIG_DIR.glob("*.ini"))
+    """Every recipe of ``configs/`` (a method's dataset files and the demo; the methods'
+    base files, ``configs/<method>/<method>.ini``, are in them), in name order."""
+    return sorted(p for p in CONFIG_DIR.rglob("*.ini") if p.stem != p.parent.name)
 
 
 def load(config: str | Path, overrides: Sequence[str] = ()) -> CfgNode:
@@ -297,3 +298,8 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def recipe_name(config: Path) -> str:
+    """A recipe's name: its path under ``configs/`` without ``.ini`` (``agw/sysumm``)."""
+    return str(config.resolve().relative_to(CONFIG_DIR.resolve()).with_suffix(""))

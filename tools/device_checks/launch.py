@@ -21,7 +21,7 @@ from utils.config import config_to_ini
 
 # No non-local blocks: from random weights after a few steps, their dot products
 # overflow on BatchNorm statistics of so few batches, and test.py would get NaN features.
-CONFIG = CONFIG_DIR / "res50_sysumm_all.ini"
+CONFIG = CONFIG_DIR / "res50/sysumm.ini"
 
 
 def _timeout(ctx: Context) -> float:

@@ -34,7 +34,7 @@ from tools.device_checks.common import (  # noqa: E402
     train_overrides,
 )
 
-CONFIG = CONFIG_DIR / "agw_sysumm.ini"
+CONFIG = CONFIG_DIR / "agw/sysumm.ini"
 
 
 # Seconds of NVML samples dropped at the start of a measured block.
@@ -143,7 +143,7 @@ def gpu_busy(trainer: Any, out: Figures) -> Iterator[None]:
 
 
 def training(ctx: Context, batch: int) -> Figures:
-    """ResNet-50 (agw_sysumm.ini) at speed_size: model-only ceiling and the engine's epoch."""
+    """ResNet-50 (agw/sysumm.ini) at speed_size: model-only ceiling and the engine's epoch."""
     plan = ctx.plan
     trainer = build_trainer(load(CONFIG, _speed_overrides(ctx, batch, f"speed-{batch}")),
                             ctx.device)

@@ -16,6 +16,7 @@ from tools.device_checks.common import (
     build_trainer,
     load,
     no_tf32,
+    recipe_name,
     record_losses,
     rel_l2,
     require,
@@ -85,8 +86,8 @@ def short_run(ctx: Context, config: Path, precision: str) -> Figures:
     the still dataset: every loss finite and falling (mean of the first ``loss_window``
     iterations vs the last)."""
     plan = ctx.plan
-    cfg = load(config, still_overrides(ctx, f"{config.stem}-{precision}", plan.train_iters,
-                                       None, precision))
+    run = f"{recipe_name(config).replace('/', '-')}-{precision}"
+    cfg = load(config, still_overrides(ctx, run, plan.train_iters, None, precision))
     trainer = build_trainer(cfg, ctx.device)
     losses = record_losses(trainer)
     trainer.train_one_epoch(1)
@@ -199,7 +200,7 @@ def augment_on_device(ctx: Context, config: Path) -> Figures:
         finished.append([b["img"] for b in loader])
     on_cpu, on_device = finished
     worst = max(float((a - b.cpu()).abs().max()) for a, b in zip(on_cpu, on_device))
-    figures: Figures = {"config": config.name, "batches": len(on_device),
+    figures: Figures = {"config": recipe_name(config), "batches": len(on_device),
                         "images": sum(b.shape[0] for b in on_device),
                         "re_prob": cfg.DATA.RE_PROB, "channel_aug_prob": cfg.DATA.CHANNEL_AUG_PROB,
                         "max_abs_diff": worst, "bit_identical": worst == 0.0}
