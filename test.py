@@ -32,12 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", default=None, metavar="N|all",
                    help="RegDB: the split (default DATA.TRIAL), all = 10 per-trial models; "
                         "SYSU-MM01/LLCM: one gallery trial (default all TEST.NUM_TRIALS)")
-    p.add_argument("--mode", choices=("all", "indoor"), default=None,
-                   help="SYSU-MM01 search mode (default both)")
-    p.add_argument("--shots", type=int, choices=(1, 10), default=None,
-                   help="SYSU-MM01 gallery images per id per camera (default both)")
-    p.add_argument("--gallery", choices=("official", "random"), default=None,
-                   help="SYSU-MM01 gallery sampling (default TEST.GALLERY)")
+    # The protocol options of every registered dataset (SYSU-MM01: --mode, --shots,
+    # --gallery): each dataset declares its own.
+    from data import DATASETS
+
+    for option in {o.name: o for cls in DATASETS.values() for o in cls.options}.values():
+        p.add_argument(f"--{option.name}", type=option.type, choices=option.choices,
+                       default=None, help=option.help)
     p.add_argument("--output", default=None, help="write the figures as JSON here")
     p.add_argument("--save_features", default=None,
                    help="write the features, ids, cameras and paths (.npz) here")
@@ -53,11 +54,12 @@ def main() -> None:
     """Entry point."""
     args = build_parser().parse_intermixed_args(sys.argv[1:])
     # Imported after parsing so that --help and option errors answer at once.
+    from data import DATASETS
     from engine.tester import TestOptions, run_test
 
+    protocol = {o.name: getattr(args, o.name) for cls in DATASETS.values() for o in cls.options}
     run_test(TestOptions(model_path=args.model_path, config=args.config, trial=args.trial,
-                         mode=args.mode, shots=args.shots, gallery=args.gallery,
-                         output=args.output, save_features=args.save_features,
+                         protocol=protocol, output=args.output, save_features=args.save_features,
                          device=args.device, visualize=args.visualize,
                          overrides=list(args.overrides)))
 

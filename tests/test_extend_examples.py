@@ -1,8 +1,8 @@
-"""The README's Extend examples, run as written: a dataset, a backbone and a loss each
+"""The README's Extend examples, run as written: a dataset, a backbone and a method (a
+module after layer3 and a loss on its output, in one Python file and one .ini) each
 become valid configuration names and work through the engine."""
 from __future__ import annotations
 
-import math
 import re
 import textwrap
 from collections.abc import Iterator
@@ -16,7 +16,6 @@ import torchvision
 from PIL import Image
 
 import data
-import layers.criterion
 import modeling.backbone
 from data import DATASETS
 from engine.evaluate import evaluate
@@ -35,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def extend_examples() -> list[str]:
-    """The python blocks of the README's Extend section: dataset, backbone, loss."""
+    """The python blocks of the README's Extend section: dataset, backbone, method."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     start = readme.index("\n## Extend\n")
     section = readme[start:readme.index("\n## ", start + 1)]
@@ -130,17 +129,52 @@ def test_backbone_example(monkeypatch):
             assert model(torch.randn(2, 3, 32, 32), torch.tensor([0, 1])).shape == (2, 960)
 
 
-def test_loss_example():
-    with run_example(extend_examples()[2], LOSS_TERMS, dict(vars(layers.criterion))) as added:
-        assert added == {"modality_mean"}
-        cfg = load_config(None, ["LOSS.TERMS", "id, modality_mean"])
-        criterion = build_criterion(cfg, num_classes=2, feat_dim=2)
-        outputs = {"feat": torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]]),
-                   "logits": torch.zeros(4, 2)}
-        total, terms = criterion(outputs, torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1]))
-        # Mean visible feature (2, 0), mean infrared (0, 3): 2^2 + 3^2 = 13, weight 0.1.
-        assert terms["loss_modality_mean"].item() == pytest.approx(1.3)
-        assert terms["loss_id"].item() == pytest.approx(math.log(2))
-        assert total.item() == pytest.approx(1.3 + math.log(2))
-    with pytest.raises(UserError, match="'modality_mean' is not a known loss term"):
-        load_config(None, ["LOSS.TERMS", "id, modality_mean"])
+def extend_ini() -> str:
+    """The .ini block of the README's Extend section (the method's recipe)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n## Extend\n")
+    section = readme[start:readme.index("\n## ", start + 1)]
+    (block,) = re.findall(r"```ini\n(.*?)```", section, re.S)
+    return textwrap.dedent(block)
+
+
+def test_method_example(tmp_path, regdb_root):
+    from engine.launch import train_main
+    from modeling.stages import INSERTIONS
+    from solver import build_optimizer
+    from tests.helpers import tiny_training
+    from utils.config_schema import remove_config_section
+
+    namespace = {"__name__": "modeling.methods.spatial_attention"}
+    try:
+        exec(compile(extend_examples()[2], "README.md", "exec"), namespace)
+        configs = tmp_path / "configs"
+        (configs / "attention").mkdir(parents=True)
+        (configs / "agw").symlink_to(REPO / "configs" / "agw")
+        ini = configs / "attention" / "regdb.ini"
+        ini.write_text(extend_ini())
+        overrides = tiny_training("regdb", regdb_root, tmp_path / "run", "AGW.NON_LOCAL_BLOCKS",
+                                  "0, 1, 1, 0", "TRAIN.MAX_EPOCHS", "1", "TRAIN.EVAL_PERIOD", "0")
+        cfg = load_config(ini, overrides)
+        assert cfg.ATTENTION.AFTER == 3 and cfg.LOSS.TERMS == ("id", "wrt", "attention")
+        model = build_model(cfg, 4)
+        names = [n for n, _ in model.named_parameters() if ".attention." in n]
+        assert names and all(n.startswith("shared.layer3.") for n in names)
+        criterion = build_criterion(cfg, 4, model.feat_dim)
+        groups = build_optimizer(cfg, model, criterion).param_groups
+        ids = {id(p) for n, p in model.named_parameters() if n in names}
+        declared = [g for g in groups if ids & {id(p) for p in g["params"]}]
+        assert {g["name"] for g in declared} <= {"new", "new_bias"}
+        assert all(g["lr"] == pytest.approx(cfg.TRAIN.BASE_LR * cfg.TRAIN.NEW_LR_FACTOR)
+                   for g in declared)
+        backbone = next(g for g in groups if g["name"] == "backbone")
+        assert backbone["lr"] == pytest.approx(cfg.TRAIN.BASE_LR) != declared[0]["lr"]
+        train_main("train.py", None, ["--config", str(ini), *overrides])
+        lines = (tmp_path / "run" / "trial_1" / "metrics.jsonl").read_text().splitlines()
+        assert '"loss_attention"' in lines[-1]
+    finally:
+        remove_config_section("ATTENTION")
+        INSERTIONS.pop("spatial_attention", None)
+        LOSS_TERMS.pop("attention", None)
+    with pytest.raises(UserError, match="unknown section"):
+        load_config(ini, overrides)
