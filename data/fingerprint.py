@@ -9,7 +9,7 @@ files). Any mismatch becomes a plain warning line; a copy whose counts all
 differ (a synthetic dataset, a small subset) gets one line, not one per count.
 
 Generic: it reads only the reader's attributes (``root``, ``train``,
-``val_sets``, ``test_sets``, ``need_train``, ``has_val``, ``title()`` and the
+``val_sets``, ``test_sets``, ``need_train``, ``has_val``, ``label`` and the
 declarations above), never a dataset's name.
 """
 from __future__ import annotations
@@ -163,7 +163,7 @@ def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
         splits["val"] = split_counts(r for recs in dataset.val_sets.values() for r in recs)
     splits["test"] = split_counts(r for recs in dataset.test_sets.values() for r in recs)
     compared = {k: v for k, v in splits.items() if k != "train" or not dataset.has_val}
-    checks, warnings = compare_counts(dataset.title(), compared, dataset.official_counts,
+    checks, warnings = compare_counts(dataset.label, compared, dataset.official_counts,
                                       dataset.expected_cameras)
     files = image_files(dataset.root)
     listed = split_files(dataset.root, dataset.id_files)
