@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from yacs.config import CfgNode
 
+from data.fingerprint import OfficialCount, dataset_fingerprint
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
 from utils.registry import Registry
@@ -221,6 +222,11 @@ class VIReIDDataset:
     split_key = "split_trial"  # the results' protocol key holding the split trial
     options: tuple[ProtocolOption, ...] = ()
     val_hint = ""  # how else this dataset can provide a validation split, for errors
+    # The official release's counts and the cameras each split's modality must have images
+    # in ({(split, modality): cameras}), for the fingerprint; empty = unknown.
+    official_counts: tuple[OfficialCount, ...] = ()
+    expected_cameras: dict[tuple[str, str], tuple[int, ...]] = {}
+    id_files: tuple[str, ...] = ()  # globs (relative to the root) of the split/id files
 
     def __init__(self, root: str, cfg: CfgNode, verbose: bool = True,
                  need_train: bool = True) -> None:
@@ -325,6 +331,11 @@ class VIReIDDataset:
         out = [("train", self.train)] if self.need_train else []
         out += [(f"val {k}", v) for k, v in self.val_sets.items()]
         return out + [(f"test {k}", v) for k, v in self.test_sets.items()]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Counts, file hashes and the comparison with the official release
+        (:func:`data.fingerprint.dataset_fingerprint`)."""
+        return dataset_fingerprint(self)
 
     def describe(self) -> str:
         """Statistics table: ids and images per modality and camera of each subset."""

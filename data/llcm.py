@@ -18,6 +18,7 @@ from data.base import (
     register_dataset,
     sort_records,
 )
+from data.fingerprint import OfficialCount
 from data.protocols import Setting, both_directions, seeded_gallery
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
@@ -25,6 +26,15 @@ from utils.metrics import RankingRule
 
 _CAM = re.compile(r"cam(\d+)")
 VIS_CAMS, NIR_CAMS = tuple(range(1, 10)), (1, 2, 4, 5, 6, 7, 8, 9)
+
+# Counts of the CVPR 2023 paper (Zhang & Wang, DEEN, Sec. 3): train 713 ids, 16,946 VIS +
+# 13,975 IR images; test 351 ids, 8,680 VIS + 7,166 IR. The dataset was adjusted after
+# publication (its README's "updated" table), so a later copy may differ. NIR cam3 holds no
+# test image in the release (and DEEN's code skips it).
+_PAPER = "LLCM paper (Zhang & Wang, CVPR 2023): train 713 ids, test 351 ids"
+OFFICIAL_COUNTS = tuple(OfficialCount(split, field, value, _PAPER) for split, field, value in (
+    ("train", "ids", 713), ("train", "visible", 16946), ("train", "infrared", 13975),
+    ("test", "ids", 351), ("test", "visible", 8680), ("test", "infrared", 7166)))
 
 
 @register_dataset("llcm")
@@ -49,6 +59,9 @@ class LLCM(VIReIDDataset):
 
     headline = "infrared-to-visible"
     rule = RankingRule("llcm", skip="id_camera", dedup_cmc=True)
+    official_counts = OFFICIAL_COUNTS
+    expected_cameras = {("test", "visible"): VIS_CAMS, ("test", "infrared"): NIR_CAMS}
+    id_files = ("idx/*.txt",)
 
     def _train(self, band: str, modality: int) -> list[ImageRecord]:
         list_path = os.path.join(self.root, "idx", f"train_{band}.txt")

@@ -14,6 +14,7 @@ from data.base import (
     read_list_file,
     register_dataset,
 )
+from data.fingerprint import OfficialCount
 from data.protocols import Setting, both_directions
 from utils.constants import INFRARED, VISIBLE
 from utils.metrics import RankingRule
@@ -23,6 +24,15 @@ from utils.metrics import RankingRule
 # its protocol applies no camera rule.
 VISIBLE_CAM = 2
 THERMAL_CAM = 1
+
+# The release (Nguyen et al., Sensors 2017, and its split files): 412 ids with 10 visible
+# + 10 thermal images each; every trial splits them 206 train / 206 test ids, so each
+# split has 2,060 images per modality.
+_RELEASE = "RegDB release: 412 ids x 10 visible + 10 thermal images, 206/206 ids per trial"
+OFFICIAL_COUNTS = tuple(OfficialCount(split, field, value, _RELEASE)
+                        for split in ("train", "test")
+                        for field, value in (("ids", 206), ("visible", 2060),
+                                             ("infrared", 2060)))
 
 
 @register_dataset("regdb")
@@ -47,6 +57,8 @@ class RegDB(VIReIDDataset):
     # The name kept in results since the first version of this reader.
     split_key = "regdb_trial"
     rule = RankingRule("regdb")
+    official_counts = OFFICIAL_COUNTS
+    id_files = ("idx/*.txt",)
 
     def title(self) -> str:
         return f"RegDB trial {self.cfg.DATA.TRIAL}"

@@ -20,6 +20,7 @@ from data.base import (
     register_dataset,
     sort_records,
 )
+from data.fingerprint import OfficialCount
 from data.protocols import Setting, group_by_id_camera, seeded_gallery
 from utils.config import Key, add_config_section
 from utils.constants import INFRARED, VISIBLE
@@ -40,6 +41,17 @@ add_config_section("SYSUMM", "SYSU-MM01's own options", [
     Key("PERM_PATH", "", "Official permutation file; empty = <DATA.ROOT>/exp/rand_perm_cam.mat."),
 ], owner=__name__, renames={"DATA.SYSU_VAL_AS_TRAIN": "VAL_AS_TRAIN",
                             "TEST.GALLERY": "GALLERY", "TEST.PERM_PATH": "PERM_PATH"})
+
+# Counts of the release with the official id split (Wu et al., ICCV 2017, and the AGW
+# family's pre-processing of train + val ids): 395 train + val ids with 22,258 RGB and
+# 11,909 IR images; 96 test ids whose IR images (cams 3, 6) are the 3,803 queries.
+_TRAIN_SOURCE = "SYSU-MM01 train + val ids (Wu et al. ICCV 2017; AGW's pre_process_sysu.py)"
+_TEST_SOURCE = "SYSU-MM01 evaluation protocol: 96 test ids, 3,803 IR queries"
+OFFICIAL_COUNTS = (OfficialCount("train", "ids", 395, _TRAIN_SOURCE),
+                   OfficialCount("train", "visible", 22258, _TRAIN_SOURCE),
+                   OfficialCount("train", "infrared", 11909, _TRAIN_SOURCE),
+                   OfficialCount("test", "ids", 96, _TEST_SOURCE),
+                   OfficialCount("test", "infrared", 3803, _TEST_SOURCE))
 
 
 def setting_name(mode: str, shots: int) -> str:
@@ -186,6 +198,10 @@ class SYSUMM01(VIReIDDataset):
     val_hint = "or SYSUMM.VAL_AS_TRAIN = no for the official val ids"
     # Official camera labels [1 2 2 4 5 6]: cam 3 shares cam 2's room.
     rule = RankingRule("sysu", skip="camera", camera_groups=((3, 2),), dedup_cmc=True)
+    official_counts = OFFICIAL_COUNTS
+    expected_cameras = {(split, modality): cams for split in ("train", "test")
+                        for modality, cams in (("visible", RGB_CAMS), ("infrared", IR_CAMS))}
+    id_files = ("exp/*",)
 
     def title(self) -> str:
         if not self.need_train:

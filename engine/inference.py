@@ -37,7 +37,10 @@ def extract_features(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]]
             ``index`` (B,) (position of the image in its record list).
         num_images: number of images (rows of the output).
         device: where the model and the features live.
-        flip: average each image's feature with its horizontal mirror's.
+        flip: add the feature of each image's horizontal mirror to its own, as CAJ's and
+            DEEN's test code do (DEEN adds the normalised parts, CAJ renormalises the sum):
+            rankings are those of the mean, raw features twice the mean.
+        amp: autocast on CUDA (TEST.AMP); off = fp32 features.
 
     Returns:
         (num_images, D) float32 features on ``device``, row i = image index i.
@@ -55,7 +58,7 @@ def extract_features(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]]
                 modality = batch["modality"].to(device, non_blocking=True)
                 out = model(img, modality).float()
                 if flip:
-                    out = (out + model(torch.flip(img, dims=[3]), modality).float()) / 2
+                    out = out + model(torch.flip(img, dims=[3]), modality).float()
                 if feats is None:
                     feats = torch.empty((num_images, out.shape[1]), dtype=torch.float32,
                                         device=device)
@@ -82,7 +85,8 @@ def extract_record_features(cfg: CfgNode, model: nn.Module, records: Sequence[Im
                             device: torch.device, name: str = "test") -> torch.Tensor:
     """Features of ``records`` through ``data.build.make_test_loader``.
 
-    TEST.FLIP applies; TRAIN.AMP, TRAIN.AMP_DTYPE and TRAIN.CHANNELS_LAST apply on CUDA.
+    TEST.FLIP applies; on CUDA TEST.AMP (autocast of type TRAIN.AMP_DTYPE; fp32 by default,
+    whatever the training used) and TRAIN.CHANNELS_LAST.
     ``name`` labels the record list (decoded-cache file name, messages).
 
     Returns:
@@ -90,5 +94,5 @@ def extract_record_features(cfg: CfgNode, model: nn.Module, records: Sequence[Im
     """
     loader = make_test_loader(cfg, list(records), split=name)
     return extract_features(model, loader, len(records), device, flip=cfg.TEST.FLIP,
-                            amp=cfg.TRAIN.AMP, channels_last=cfg.TRAIN.CHANNELS_LAST,
+                            amp=cfg.TEST.AMP, channels_last=cfg.TRAIN.CHANNELS_LAST,
                             amp_type=cfg.TRAIN.AMP_DTYPE)

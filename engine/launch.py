@@ -31,8 +31,11 @@ from engine.distributed import (
 )
 from engine.evaluate import evaluate, evaluation_settings, format_tables
 from engine.logger import close_logger, setup_logger
+from engine.record import log_record, run_record
+from engine.runtime import training_precision
 from engine.selection import PURPOSE, periodic_evaluation
 from engine.summary import format_summary, summary_table
+from engine.targets import format_target, target_record
 from engine.tester import merge_split_trials
 from engine.trainer import Trainer
 from utils.config import config_to_ini, with_values
@@ -75,6 +78,10 @@ def train_and_test(cfg: CfgNode, resume: Path | None, info: DistInfo,
         dataset = data.build_dataset(cfg, verbose=False)
         log.info(dataset.describe())
         evaluation_settings(cfg, dataset, "test")  # what the final test would refuse, now
+        record = run_record(cfg, device, dataset, training_precision(cfg, device)) \
+            if info.is_main else {}
+        if record:
+            log_record(record, log.info, log.warning)
         if resume is None and (out / "last.pth").is_file() and info.is_main:
             log.warning(f"{out} holds an earlier run: starting afresh replaces its checkpoints "
                         "and metrics (use --resume to continue it)")
@@ -96,12 +103,16 @@ def train_and_test(cfg: CfgNode, resume: Path | None, info: DistInfo,
             with torch.no_grad():
                 res = evaluate(cfg, model, dataset, split="test", device=device,
                                log=log.info)
+            target = target_record(cfg, res)
             results = {"checkpoint": str(fit.selected_path),
                        "selection": {"select": cfg.TRAIN.SELECT, "epoch": fit.selected_epoch,
                                      "note": note, "best_metric": fit.best_metric},
-                       **res, "config": config_to_ini(cfg)}
+                       **res, **record, **({"target": target} if target else {}),
+                       "config": config_to_ini(cfg)}
             atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
             log.info(format_tables(res))
+            if target:
+                log.info(format_target(target))
             if cfg.TRAIN.SELECT == "test":
                 log.info("note: the checkpoint was selected on the test set")
             log.info(f"results written to {out / 'results.json'}")
@@ -164,12 +175,16 @@ def run_split_trials(cfg: CfgNode, trials: list[int], resume: str | None, info: 
     if len(trials) < 2 or not info.is_main:
         return None
     merged = merge_split_trials(per_trial)
+    merged.pop("target", None)  # the first trial's; the summary gets the mean's
     table = summary_table(merged)
     title = DATASETS[cfg.DATA.DATASET_NAME].label
     text = format_summary(table, trials, f"{title}, one model per trial ({root})")
+    target = target_record(cfg, merged)
+    if target:
+        text += format_target(target) + "\n"
     summary = {"trials": trials, "checkpoints": [r["checkpoint"] for r in per_trial],
                "selection": per_trial[0]["selection"]["select"], "std": "sample (ddof=1)",
-               "summary": table, "results": merged}
+               "summary": table, "results": merged, **({"target": target} if target else {})}
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(root / "summary.txt", text)
     print(text, end="")

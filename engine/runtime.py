@@ -67,3 +67,19 @@ def amp_settings(cfg: CfgNode, device: torch.device) -> tuple[bool, torch.dtype]
     if device.type != "cuda" or not cfg.TRAIN.AMP:
         return False, torch.float32
     return True, amp_dtype(cfg.TRAIN.AMP_DTYPE)
+
+
+# How results name a computation's precision.
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def training_precision(cfg: CfgNode, device: torch.device) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: the precision training runs in (:func:`amp_settings`)."""
+    return PRECISION_NAMES[amp_settings(cfg, device)[1]]
+
+
+def extraction_precision(cfg: CfgNode, device: torch.device) -> str:
+    """``fp32`` unless TEST.AMP on CUDA, then the TRAIN.AMP_DTYPE type (:func:`amp_dtype`)."""
+    if device.type != "cuda" or not cfg.TEST.AMP:
+        return "fp32"
+    return PRECISION_NAMES[amp_dtype(cfg.TRAIN.AMP_DTYPE)]

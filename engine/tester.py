@@ -31,6 +31,8 @@ from engine.checkpoint import check_same_network, load_checkpoint, saved_config
 from engine.cli import parse_trials
 from engine.distributed import resolve_device
 from engine.evaluate import format_tables, headline, run_evaluation, summarize
+from engine.record import checkpoint_precision, log_record, run_record
+from engine.targets import format_target, target_record
 from engine.visual import write_pictures
 from modeling import build_model
 from utils.config import (
@@ -166,6 +168,9 @@ def _evaluate_checkpoint(path: str, ckpt: dict[str, Any], opts: TestOptions,
             features[f"{prefix}{k}_cam"] = np.array([r.cam for r in recs])
             features[f"{prefix}{k}_path"] = np.array([r.path for r in recs])
     results = ev.results
+    record = run_record(cfg, device, dataset, checkpoint_precision(ckpt, saved))
+    log_record(record, print, lambda line: print(f"warning: {line}"))
+    results.update(record)
     if saved.DATA.DATASET_NAME != name:
         results["trained_on"] = saved.DATA.DATASET_NAME
         print(f"cross-dataset test: trained on {saved.DATA.DATASET_NAME}, tested on {name}")
@@ -229,6 +234,8 @@ def run_test(opts: TestOptions) -> dict[str, Any]:
         cfg = runs[0][0]
         results = (merge_split_trials([r for _, r in runs]) if len(runs) > 1
                    else runs[0][1])
+        if len(runs) > 1:  # each split's own counts
+            results["dataset_fingerprint"] = [r["dataset_fingerprint"] for _, r in runs]
         checkpoint: Any = paths if len(paths) > 1 else paths[0]
     else:
         if templated:
@@ -238,8 +245,12 @@ def run_test(opts: TestOptions) -> dict[str, Any]:
         cfg, results = _evaluate_checkpoint(first_path, first_ckpt, opts, None,
                                             parse_trials(opts.trial, None), features, "")
         checkpoint = first_path
-    results = {"checkpoint": checkpoint, **results, "config": config_to_ini(cfg)}
+    target = target_record(cfg, results, results.get("trained_on"))
+    results = {"checkpoint": checkpoint, **results, **({"target": target} if target else {}),
+               "config": config_to_ini(cfg)}
     print(format_tables(results))
+    if target:
+        print(format_target(target))
     if opts.output:
         atomic_write_text(opts.output, json.dumps(results, indent=2) + "\n")
         print(f"results written to {opts.output}")

@@ -48,7 +48,13 @@ from engine.logger import (
     format_terms,
     get_logger,
 )
-from engine.runtime import amp_settings, configure_backends, preserved_rng, seed_everything
+from engine.runtime import (
+    PRECISION_NAMES,
+    amp_settings,
+    configure_backends,
+    preserved_rng,
+    seed_everything,
+)
 from engine.selection import PURPOSE, PeriodicEval
 from layers import build_criterion
 from modeling import build_model
@@ -227,6 +233,8 @@ class Trainer:
             "rng": rng,
             "config": config_to_ini(self.cfg),
             "num_classes": self.num_classes,
+            # What test.py records as the trained precision (the config cannot say: auto).
+            "precision": PRECISION_NAMES[self.amp_dtype],
         }
 
     def _save(self, names: list[str]) -> None:

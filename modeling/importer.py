@@ -74,7 +74,7 @@ def test_keys(source: str) -> dict[str, Any]:
 
 TEST_FEATURES = {
     "agw": "the BN feature, L2-normalised, no flip (AGW's test.py)",
-    "caj": "the BN feature of the image and its mirror, each L2-normalised, averaged and "
+    "caj": "the BN feature of the image and its mirror, each L2-normalised, added and "
            "normalised again (CAJ's testa.py)",
     "deen": "pooled and BN vectors of the 3 embeddings, each L2-normalised and added to its "
             "mirror's, ranked by the sum of inner products (DEEN's test.py)",

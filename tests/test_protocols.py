@@ -234,7 +234,7 @@ class ColumnModel(nn.Module):
         return img.mean(dim=(1, 2)) * self.scale + modality[:, None]
 
 
-def test_extract_features_places_rows_by_index_and_flip_averages():
+def test_extract_features_places_rows_by_index_and_flip_adds():
     imgs = torch.randn(7, 3, 4, 5)
     order = [4, 0, 6, 2, 1, 5, 3]
     batches = [{"img": imgs[order[i:i + 3]], "modality": torch.ones(len(order[i:i + 3])).long(),
@@ -244,8 +244,8 @@ def test_extract_features_places_rows_by_index_and_flip_averages():
     assert model.training  # restored
     torch.testing.assert_close(plain, imgs.mean(dim=(1, 2)) + 1)
     flipped = extract_features(model, batches, 7, torch.device("cpu"), flip=True)
-    torch.testing.assert_close(flipped, (imgs.mean(dim=(1, 2)) + imgs.flip(3).mean(dim=(1, 2))) / 2
-                               + 1)
+    torch.testing.assert_close(flipped, imgs.mean(dim=(1, 2)) + imgs.flip(3).mean(dim=(1, 2))
+                               + 2)
     with pytest.raises(RuntimeError, match="no feature for 1 of 8"):
         extract_features(model, batches, 8, torch.device("cpu"))
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Every configuration key, its type and default, with one comment each.
 
 An ``.ini`` file (sections ``[DATA]``, ``[MODEL]``, ``[LOSS]``, ``[TRAIN]``,
-``[TEST]``) is merged onto these defaults by ``utils.config.load_config``;
+``[TEST]``, ``[TARGET]``) is merged onto these defaults by ``utils.config.load_config``;
 values are parsed to the type of the default. The README's configuration
 reference is generated from the comments in this file
 (``python tools/config_reference.py``).
@@ -193,13 +193,13 @@ DEFAULTS.TEST.FEAT = "bn"
 DEFAULTS.TEST.VIEWS = "all"
 # With FEAT pool+bn: weights of the pooled and the BN parts' inner products in the similarity (each part is scaled by the weight's square root after NORM_EACH). DEEN's code reports 1, 1 (distmat7) and also prints 0.1, 0.9 (distmat8).
 DEFAULTS.TEST.PART_WEIGHTS = (1.0, 1.0)
-# L2-normalise every part (each embedding's pool / bn vector, and the flipped image's) before they are averaged and concatenated (CAJ, DEEN).
+# L2-normalise every part (each embedding's pool / bn vector, and the flipped image's) before they are added and concatenated (CAJ, DEEN).
 DEFAULTS.TEST.NORM_EACH = False
 # L2-normalise features before computing distances.
 DEFAULTS.TEST.NORM = True
 # Distance: sqeuclidean (squared Euclidean), euclidean, cosine (1 - cosine similarity), or dot (minus the inner product: DEEN ranks by the sum of its parts' inner products). Rankings by sqeuclidean and euclidean are the same; re-ranking and the distance pictures use the values.
 DEFAULTS.TEST.DISTANCE = "sqeuclidean"
-# Test-time augmentation: average the feature of each image and its mirror.
+# Test-time augmentation: add the feature of each image's mirror to its own as CAJ's and DEEN's code do (rankings equal averaging's; raw and saved features are twice the mean).
 DEFAULTS.TEST.FLIP = False
 # k-reciprocal re-ranking of the distance matrix.
 DEFAULTS.TEST.RERANK = False
@@ -213,3 +213,17 @@ DEFAULTS.TEST.RERANK_LAMBDA = 0.3
 DEFAULTS.TEST.NUM_TRIALS = 10
 # Number of CMC ranks computed and reported.
 DEFAULTS.TEST.MAX_RANK = 20
+# Autocast (type: TRAIN.AMP_DTYPE) at feature extraction on CUDA; no = fp32 features, as AGW's, CAJ's and DEEN's code test (ignored on CPU).
+DEFAULTS.TEST.AMP = False
+
+DEFAULTS.TARGET = CN()
+# Where the recipe's published figures come from (paper, table); empty = no published target.
+DEFAULTS.TARGET.SOURCE = ""
+# The headline setting the figures are for, as the results name it (e.g. all-search single-shot, visible-to-thermal, infrared-to-visible).
+DEFAULTS.TARGET.SETTING = ""
+# Published rank-1 accuracy in %; -1 = not published.
+DEFAULTS.TARGET.R1 = -1.0
+# Published mAP in %; -1 = not published.
+DEFAULTS.TARGET.MAP = -1.0
+# Published mINP in %; -1 = not published.
+DEFAULTS.TARGET.MINP = -1.0
