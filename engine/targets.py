@@ -4,7 +4,7 @@ A recipe states where its target comes from (TARGET.SOURCE), the headline
 setting it is for (TARGET.SETTING) and the published R1 / mAP / mINP (-1 =
 not published). The comparison is made only when it means something: a source
 is given, the model was tested on the dataset it was trained on, and the
-results' headline setting is the target's.
+target's setting was evaluated (the headline, or another the paper reports).
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ def target_record(cfg: CfgNode, results: dict[str, Any], trained_on: str | None 
     target = cfg.TARGET
     if not target.SOURCE or (trained_on or results["dataset"]) != results["dataset"]:
         return None
-    head = results["headline"]
-    if head["setting"] != target.SETTING:
+    entry = results["settings"].get(target.SETTING)
+    if entry is None:  # the target's setting was not evaluated (e.g. --mode indoor)
         return None
+    head = entry["mean"]
     figures = {}
     for name, published in (("R1", target.R1), ("mAP", target.MAP), ("mINP", target.MINP)):
         if published >= 0 and name in head:

@@ -189,7 +189,7 @@ DEFAULTS.TRAIN.SYNC_BN = False
 DEFAULTS.TEST = CN()
 # Feature used for retrieval: bn (after the BNNeck), pool (before it) or pool+bn (both, concatenated; DEEN).
 DEFAULTS.TEST.FEAT = "bn"
-# Which embeddings of an expanded model (MODEL.DEE_BRANCHES) form the feature: all (concatenated, DEEN) or original.
+# Which embeddings of an expanded model (DEEN.BRANCHES) form the feature: all (concatenated, DEEN) or original.
 DEFAULTS.TEST.VIEWS = "all"
 # With FEAT pool+bn: weights of the pooled and the BN parts' inner products in the similarity (each part is scaled by the weight's square root after NORM_EACH). DEEN's code reports 1, 1 (distmat7) and also prints 0.1, 0.9 (distmat8).
 DEFAULTS.TEST.PART_WEIGHTS = (1.0, 1.0)
