@@ -193,11 +193,16 @@ def run_exported(path: str | os.PathLike, fmt: str, img: torch.Tensor, modality:
         session = onnx_session(path, threads)
         return session.run([OUTPUT_NAME], {"images": img.numpy(),
                                            "modality": modality.numpy()})[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-        module = torch.jit.load(str(path), map_location="cpu")
+    module = load_torchscript(path)
     with torch.inference_mode():
         return module(img, modality).numpy()
+
+
+def load_torchscript(path: str | os.PathLike) -> torch.jit.ScriptModule:
+    """``torch.jit.load`` onto the CPU, without torch.jit's deprecation notice."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu")
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:

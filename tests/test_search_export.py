@@ -14,7 +14,7 @@ from PIL import Image
 
 import engine.deploy as deploy
 from data.transforms import EvalTransform, load_image
-from engine.export import example_batch, export_model, run_exported
+from engine.export import example_batch, export_model, load_torchscript, run_exported
 from modeling import build_model
 from tests.helpers import SMALL, run_script, save_random_checkpoint
 from tools import export as export_tool
@@ -224,7 +224,7 @@ def test_export_tool_writes_a_checked_file(ckpt, tmp_path, monkeypatch, capsys):
     assert f"wrote {out} (torchscript" in stdout and "max abs difference" in stdout
     trained = deploy.load_trained(str(ckpt), "cpu")
     img, modality = example_batch(trained.cfg, 4, seed=3)
-    module = torch.jit.load(str(out))
+    module = load_torchscript(out)
     with torch.inference_mode():
         np.testing.assert_allclose(module(img, modality).numpy(),
                                    trained.model(img, modality).numpy(), atol=1e-4)
