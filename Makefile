@@ -6,9 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo bench lint clean-demo gpu-check
 
-$(STAMP): requirements.txt
+# The tests also check the ONNX export, so the optional export packages are installed too.
+$(STAMP): requirements.txt requirements-export.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt \
+		-r requirements-export.txt
 	@touch $(STAMP)
 
 test: $(STAMP)

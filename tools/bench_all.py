@@ -1,4 +1,4 @@
-"""``make bench``: loader, evaluation, training and learning benchmarks in one markdown report.
+"""``make bench``: loader, evaluation, export, training and learning benchmarks in one report.
 
     python tools/bench_all.py [--output BENCHMARKS.md] [--quick]
 
@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 from tools import (  # noqa: E402
     bench_eval,
+    bench_export,
     bench_learning,
     bench_loader,
     bench_recipes,
@@ -65,6 +66,13 @@ def main() -> int:
     evals = bench_eval.rows(trials=2 if args.quick else 10, big=not args.quick)
     sections += ["## Evaluation (vectorized torch vs the per-query NumPy loop of the field's "
                  "baselines, 1 thread each)\n", bench_eval.markdown(evals), ""]
+    print("exported models ...", flush=True)
+    export_rows = bench_export.rows(sizes=[(64, 32)] if args.quick else [(64, 32), (128, 64)],
+                                    threads=sorted({1, os.cpu_count() or 1}),
+                                    runs=2 if args.quick else 3)
+    sections += ["## Feature extraction on the CPU: PyTorch eager vs the exported TorchScript "
+                 "and ONNX files (demo network, ResNet-18, infrared batch, mean ± std over "
+                 "timed runs)\n", bench_export.markdown(export_rows), ""]
     print("training ...", flush=True)
     train = bench_train.rows(iters=4 if args.quick else 10)
     sections += ["## Training step (the engine with loader, sampler, augmentations, loss dict "

@@ -14,6 +14,7 @@ from utils.io import atomic_write_bytes
 GREEN = (40, 170, 60)
 RED = (210, 40, 40)
 BLUE = (40, 90, 200)
+GREY = (150, 150, 150)
 
 
 def _save_png(image: Image.Image, path: str | os.PathLike) -> None:
@@ -35,9 +36,9 @@ def save_figure(fig, path: str | os.PathLike) -> None:
 
 def ranked_sheet(
     query_paths: Sequence[str],
-    query_pids: Sequence[int],
+    query_pids: Sequence[int] | None,
     gallery_paths: Sequence[str],
-    gallery_pids: Sequence[int],
+    gallery_pids: Sequence[int] | None,
     distmat: np.ndarray,
     out_path: str | os.PathLike,
     topk: int = 10,
@@ -47,7 +48,8 @@ def ranked_sheet(
 
     Args:
         query_paths, query_pids: the queries to draw (one row each).
-        gallery_paths, gallery_pids: the gallery.
+        gallery_paths, gallery_pids: the gallery. Without identities (both pids None)
+            the gallery images are framed grey and the query is labelled ``query``.
         distmat: (num_queries, num_gallery) distances, smaller is closer.
         out_path: PNG file to write.
         topk: gallery images per row.
@@ -73,13 +75,15 @@ def ranked_sheet(
         sheet.paste(thumb, (x + border, y + border))
         draw.text((x + 1, y + h + 1), text, fill=(0, 0, 0), font=font)
 
-    for row, (qpath, qpid) in enumerate(zip(query_paths, query_pids)):
+    known = query_pids is not None and gallery_pids is not None
+    for row, qpath in enumerate(query_paths):
+        qpid = query_pids[row] if known else None
         y = pad + row * (h + label_h + pad)
-        paste(qpath, pad, y, BLUE, f"q id {qpid}")
+        paste(qpath, pad, y, BLUE, f"q id {qpid}" if known else "query")
         order = np.argsort(distmat[row], kind="stable")
         order = order[np.isfinite(distmat[row][order])][:topk]  # drop entries a rule removed
         for col, g in enumerate(order, start=1):
-            colour = GREEN if gallery_pids[g] == qpid else RED
+            colour = GREY if not known else GREEN if gallery_pids[g] == qpid else RED
             paste(gallery_paths[g], pad + col * (w + pad), y, colour, f"{distmat[row, g]:.3f}")
     _save_png(sheet, out_path)
     return sheet.size
