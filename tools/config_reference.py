@@ -14,6 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from utils.cli import Parser  # noqa: E402
 from utils.config import REGISTRY_KEYS, format_value, registry  # noqa: E402
 from utils.defaults import DEFAULTS  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
@@ -65,11 +66,22 @@ def render_readme(readme: str) -> str:
     return f"{head}{START}\n\n{reference()}\n{END}{tail}"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/config_reference.py``."""
+    parser = Parser(
+        prog="tools/config_reference.py", description=__doc__.splitlines()[0],
+        examples=[
+            "python tools/config_reference.py",
+            "python tools/config_reference.py --write",
+            "python tools/config_reference.py --check",
+        ])
     parser.add_argument("--write", action="store_true", help="update README.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     readme_path = REPO / "README.md"
     if not (args.write or args.check):
         print(reference())

@@ -34,6 +34,7 @@ from engine.tester import load_model  # noqa: E402
 from engine.visual import write_pictures  # noqa: E402
 from modeling import build_model  # noqa: E402
 from tools.make_synthetic_data import make_regdb  # noqa: E402
+from utils.cli import Parser  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
@@ -160,17 +161,22 @@ outputs:
   {pics}/distances.png                   same- vs different-person cross-modality distances
   {pics}/training_curves.png             loss terms, learning rate, periodic evaluation
 
-next, on real data (see README.md for the layouts):
+next, on real data (layouts: docs/datasets.md):
   python train_regdb.py --config configs/agw_regdb.ini DATA.ROOT /data/RegDB --trial all
-  python test.py --model_path 'output/agw_regdb/trial_{{trial}}/last.pth' --trial all
+  python test.py --model-path 'output/agw_regdb/trial_{{trial}}/last.pth' --trial all
   python train_sysumm.py --config configs/agw_sysumm.ini DATA.ROOT /data/SYSU-MM01
-  python test.py --model_path output/agw_sysumm/last.pth --output results.json --visualize pics
+  python test.py --model-path output/agw_sysumm/last.pth --output results.json --visualize pics
 """
 
 
-@cli_entry
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/demo.py``."""
+    parser = Parser(
+        prog="tools/demo.py", description=__doc__.splitlines()[0],
+        examples=[
+            "python tools/demo.py",
+            "python tools/demo.py --train-ids 100 --test-ids 40 --images 6 TRAIN.MAX_EPOCHS 10",
+        ])
     parser.add_argument("--out", default=str(REPO / "output" / "demo"),
                         help="folder for the dataset, the run and the pictures")
     parser.add_argument("--train-ids", type=int, default=400, help="training identities")
@@ -179,7 +185,12 @@ def main() -> int:
                         help="images per identity and modality")
     parser.add_argument("overrides", nargs="*", metavar="KEY VALUE",
                         help="overrides of configs/demo_synthetic.ini")
-    args = parser.parse_args()
+    return parser
+
+
+@cli_entry
+def main() -> int:
+    args = build_parser().parse_args()
     if min(args.train_ids, args.test_ids, args.images) < 1:
         raise UserError(f"demo sizes: expected --train-ids, --test-ids and --images >= 1, got "
                         f"{args.train_ids}, {args.test_ids}, {args.images}")
