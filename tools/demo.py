@@ -156,8 +156,8 @@ outputs:
   {run}/                 config.ini, log.txt, metrics.jsonl, last.pth, results.json, tensorboard/
   {pics}/ranked_visible-to-thermal.png   queries and their top-10 (green = same person)
   {pics}/cmc.png                         CMC curves, both directions
-  {pics}/embedding.png                   t-SNE of the test features: colour = person,
-                                         marker = modality
+  {pics}/embedding.png                   t-SNE (PCA without scikit-learn) of the test
+                                         features: colour = person, marker = modality
   {pics}/distances.png                   same- vs different-person cross-modality distances
   {pics}/training_curves.png             loss terms, learning rate, periodic evaluation
 
