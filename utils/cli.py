@@ -16,8 +16,8 @@ class Parser(argparse.ArgumentParser):
 
     Long options are declared with dashes (``--model-path``); ``--model_path`` on the
     command line is read as ``--model-path`` so that earlier spellings keep working,
-    without listing both in ``--help``. The epilog lists example commands, kept line
-    by line.
+    without listing both in ``--help``. Options may be given before or after the
+    positional arguments. The epilog lists example commands, kept line by line.
 
     Args:
         examples: complete example command lines (``python script.py ...``); ``--help``
@@ -56,6 +56,12 @@ class Parser(argparse.ArgumentParser):
                     token = candidate + eq + value
             out.append(token)
         return out
+
+    def parse_args(self, args: Sequence[str] | None = None,
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """Options may come before, between or after the positional arguments
+        (``argparse``'s intermixed parse)."""
+        return self.parse_intermixed_args(args, namespace)
 
     def parse_known_args(self, args: Sequence[str] | None = None,
                          namespace: argparse.Namespace | None = None
