@@ -3,7 +3,7 @@
     python tools/bench_all.py [--output BENCHMARKS.md] [--quick]
 
 The report names the machine (CPU model and cores, GPU if any) and the torch
-version; the README quotes it.
+version; docs link it.
 """
 from __future__ import annotations
 
