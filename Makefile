@@ -6,31 +6,45 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo bench lint clean-demo gpu-check
 
-# The tests also check the ONNX export, so the optional export packages are installed too.
-$(STAMP): requirements.txt requirements-export.txt
+EXTRAS_STAMP := $(VENV)/.installed-extras
+DEV_STAMP := $(VENV)/.installed-dev
+PIP := $(PY) -m pip install --disable-pip-version-check -q
+
+# Runtime dependencies (real runs, make bench).
+$(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt \
-		-r requirements-export.txt
+	$(PIP) -r requirements.txt
 	@touch $(STAMP)
 
-test: $(STAMP)
+# Optional features (scikit-learn's t-SNE in embedding.png): the demo draws with them.
+$(EXTRAS_STAMP): $(STAMP) requirements-extras.txt
+	$(PIP) -r requirements-extras.txt
+	@touch $(EXTRAS_STAMP)
+
+# make test adds pytest and ruff to both, and the export packages (the tests check the
+# ONNX export), so the optional paths are tested too.
+$(DEV_STAMP): $(EXTRAS_STAMP) requirements-dev.txt requirements-export.txt
+	$(PIP) -r requirements-dev.txt -r requirements-export.txt
+	@touch $(DEV_STAMP)
+
+test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
-demo: $(STAMP)
+demo: $(EXTRAS_STAMP)
 	$(PY) tools/demo.py
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) tools/bench_all.py
 
 clean-demo:
 	rm -rf output/demo
 
 # The CUDA path, proved and measured on a GPU machine with the python3 that holds its
-# torch (no .venv; yacs on PYTHONPATH, see the README's "GPU check").
+# torch (no .venv; yacs on PYTHONPATH, see docs/gpu.md).
 GPU_PYTHON ?= python3
 gpu-check:
 	$(GPU_PYTHON) tools/gpu_check.py --output gpu_check.json

@@ -1,31 +1,39 @@
 """Evaluate trained checkpoints with the official protocol of their dataset.
 
-    python test.py --model_path out/best.pth [--config c.ini] [--trial N|all]
-        [--mode all|indoor] [--shots 1|10] [--gallery official|random]
-        [--output results.json] [--save_features feats.npz] [--device cpu|cuda]
-        [--visualize DIR] [KEY VALUE ...]
-
-RegDB, one model per trial: ``--model_path 'out/trial_{trial}/best.pth' --trial all``.
+``python test.py --help`` lists examples. RegDB, one model per trial:
+``--model-path 'out/trial_{trial}/best.pth' --trial all``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from utils.cli import Parser
 from utils.errors import cli_entry
+
+EXAMPLES = (
+    "python test.py --model-path output/agw_sysumm/last.pth DATA.ROOT /data/SYSU-MM01",
+    "python test.py --model-path output/agw_sysumm/last.pth --mode indoor --shots 10 "
+    "--gallery official",
+    "python test.py --model-path 'output/agw_regdb/trial_{trial}/last.pth' --trial all",
+    "python test.py --model-path m.pth --output results.json --save-features f.npz "
+    "--visualize pics/",
+    "python test.py --model-path output/agw_sysumm/last.pth DATA.DATASET_NAME llcm "
+    "DATA.ROOT /data/LLCM",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``test.py``."""
-    p = argparse.ArgumentParser(
-        prog="test.py",
+    p = Parser(
+        prog="test.py", examples=EXAMPLES,
         description="Test a checkpoint with its dataset's protocol (SYSU-MM01: all/indoor "
                     "search x single/multi-shot over 10 galleries; RegDB: both directions; "
                     "LLCM: both directions over 10 galleries). Prints one table per setting.",
-        epilog="Overrides are KEY VALUE pairs, e.g. DATA.ROOT /data/SYSU-MM01 TEST.FLIP yes. "
+        notes="Overrides are KEY VALUE pairs, e.g. DATA.ROOT /data/SYSU-MM01 TEST.FLIP yes. "
                "The checkpoint's saved config is used unless --config is given; MODEL keys "
                "must match the checkpoint either way.")
-    p.add_argument("--model_path", required=True,
+    p.add_argument("--model-path", required=True,
                    help="checkpoint file; may contain {trial} (RegDB, with --trial)")
     p.add_argument("--config", default=None,
                    help=".ini file replacing the checkpoint's saved config (same MODEL keys)")
@@ -40,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{option.name}", type=option.type, choices=option.choices,
                        default=None, help=option.help)
     p.add_argument("--output", default=None, help="write the figures as JSON here")
-    p.add_argument("--save_features", default=None,
+    p.add_argument("--save-features", default=None,
                    help="write the features, ids, cameras and paths (.npz) here")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default MODEL.DEVICE)")
     p.add_argument("--visualize", default=None, metavar="DIR",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from yacs.config import CfgNode
 
+from utils.cli import Parser
 from utils.config import load_config
 from utils.errors import UserError
 
@@ -14,14 +15,24 @@ AUTO = "auto"
 _OVERRIDE_KEY = re.compile(r"^[A-Za-z]+\.[A-Za-z0-9_]+$")
 
 
-def train_parser(prog: str, dataset: str, trials: bool = False) -> argparse.ArgumentParser:
-    """The argument parser shared by the train_<dataset>.py scripts."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
+def train_parser(prog: str, dataset: str, trials: bool = False,
+                 examples: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The argument parser shared by train.py and the train_<dataset>.py scripts.
+
+    Args:
+        prog: the script's name.
+        dataset: what it trains, in words.
+        trials: whether it has ``--trial`` (datasets in fixed train/test splits).
+        examples: command lines for ``--help`` (default: two built from ``prog``).
+    """
+    examples = list(examples) or [f"python {prog} --config CONFIG.ini DATA.ROOT /data/DATASET",
+                                  f"python {prog} --config CONFIG.ini --resume"]
+    parser = Parser(
+        prog=prog, examples=examples,
         description=f"Train on {dataset}, then test the selected model with the dataset's "
                     "protocol. Outputs go to TRAIN.OUTPUT_PATH.",
-        epilog="Overrides are KEY VALUE pairs after the options, e.g. TRAIN.BASE_LR 0.01 "
-               "TRAIN.MAX_EPOCHS 60. Multi-GPU: torchrun --nproc_per_node=N " + prog + " ...",
+        notes="Overrides are KEY VALUE pairs, before or after the options, e.g. TRAIN.BASE_LR 0.01 "
+              "TRAIN.MAX_EPOCHS 60. Multi-GPU: torchrun --nproc_per_node=N " + prog + " ...",
     )
     parser.add_argument("--config", required=True, help="the .ini configuration file")
     parser.add_argument(
@@ -33,8 +44,8 @@ def train_parser(prog: str, dataset: str, trials: bool = False) -> argparse.Argu
             "--trial", default=None, metavar="N|N,M,..|all",
             help="RegDB trial(s) to run, one model each, into OUTPUT_PATH/trial_<n>/ "
                  "(default: DATA.TRIAL); several trials also write summary.txt/.json")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="configuration overrides")
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
+                        help="configuration overrides (options may come before or after them)")
     return parser
 
 
@@ -42,10 +53,11 @@ def parse_train_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
                      ) -> tuple[argparse.Namespace, CfgNode]:
     """Parse arguments and load the merged config.
 
+    Options and overrides may be interleaved (``DATA.ROOT /data/RegDB --trial all``).
     ``--resume`` takes an optional path, so ``--resume TRAIN.MAX_EPOCHS 80`` is
     read as the automatic resume followed by an override.
     """
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.resume not in (None, AUTO) and _OVERRIDE_KEY.match(args.resume) \
             and len(args.opts) % 2 == 1:
         args.opts = [args.resume, *args.opts]

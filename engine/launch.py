@@ -11,6 +11,7 @@ same with a check of the config's dataset.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from collections.abc import Sequence
@@ -125,17 +126,31 @@ def train_and_test(cfg: CfgNode, resume: Path | None, info: DistInfo,
         close_logger()
 
 
-def train_main(script: str, dataset: str | None, argv: Sequence[str] | None = None) -> int:
+def script_parser(script: str, dataset: str | None, examples: Sequence[str] = ()
+                  ) -> argparse.ArgumentParser:
+    """The command line of a training script.
+
+    Args:
+        script: the script's name.
+        dataset: the only dataset it trains, or None for any.
+        examples: command lines its ``--help`` lists.
+    """
+    title = DATASETS[dataset].label if dataset else "any registered dataset"
+    trials_flag = dataset is None or DATASETS[dataset].split_trials > 0
+    return train_parser(script, title, trials=trials_flag, examples=examples)
+
+
+def train_main(script: str, dataset: str | None, argv: Sequence[str] | None = None,
+               examples: Sequence[str] = ()) -> int:
     """The training entry point: parse, then train (one model, or one per split trial).
 
     Args:
         script: the script's name, for messages.
         dataset: the only dataset this script trains, or None for any.
         argv: the command line (default ``sys.argv[1:]``).
+        examples: command lines its ``--help`` lists.
     """
-    title = DATASETS[dataset].label if dataset else "any registered dataset"
-    trials_flag = dataset is None or DATASETS[dataset].split_trials > 0
-    args, cfg = parse_train_args(train_parser(script, title, trials=trials_flag), argv)
+    args, cfg = parse_train_args(script_parser(script, dataset, examples), argv)
     if dataset is not None:
         require_dataset(cfg, (dataset,), script)
     splits = DATASETS[cfg.DATA.DATASET_NAME].split_trials

@@ -223,7 +223,7 @@ def run_test(opts: TestOptions) -> dict[str, Any]:
         # was trained on one split and has a sibling per split.
         if len(trials) > 1 and not templated and trained_on == first_cfg.DATA.DATASET_NAME:
             raise UserError(f"--trial {opts.trial} evaluates one model per {dataset.label} "
-                            "split: put {trial} in --model_path (e.g. "
+                            "split: put {trial} in --model-path (e.g. "
                             "'out/trial_{trial}/best.pth')")
         paths = [opts.model_path.replace("{trial}", str(t)) for t in trials]
         runs = []

@@ -107,7 +107,7 @@ def test_another_datasets_model_is_tested_on_several_splits(sysu_ckpt, regdb_roo
     # One model of RegDB's own is trained on one split: several need {trial}.
     own = save_checkpoint(tmp_path / "regdb.pth", "regdb", regdb_root)
     code, _, err = run_test(monkeypatch, capsys, "--model_path", str(own), "--trial", "1,2")
-    assert code == 2 and "put {trial} in --model_path" in err
+    assert code == 2 and "put {trial} in --model-path" in err
     # A bad --trial is named as such before any file is looked for.
     code, _, err = run_test(monkeypatch, capsys, "--model_path",
                             str(tmp_path / "trial_{trial}.pth"), "--trial", "0")

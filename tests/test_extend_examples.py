@@ -1,4 +1,4 @@
-"""The README's Extend examples, run as written: a dataset, a backbone and a method (a
+"""The examples of docs/extending.md, run as written: a dataset, a backbone and a method (a
 module after layer3 and a loss on its output, in one Python file and one .ini) each
 become valid configuration names and work through the engine."""
 from __future__ import annotations
@@ -34,11 +34,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def extend_examples() -> list[str]:
-    """The python blocks of the README's Extend section: dataset, backbone, method."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    start = readme.index("\n## Extend\n")
-    section = readme[start:readme.index("\n## ", start + 1)]
-    blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", section, re.S)]
+    """The python blocks of docs/extending.md: dataset, backbone, method."""
+    text = (REPO / "docs" / "extending.md").read_text(encoding="utf-8")
+    blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", text, re.S)]
     assert len(blocks) == 3
     return blocks
 
@@ -48,7 +46,7 @@ def run_example(code: str, registry: Registry, namespace: dict) -> Iterator[set[
     """Execute an example; yield the names it registered and remove them afterwards."""
     before = set(registry)
     try:
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(code, "docs/extending.md", "exec"), namespace)
         yield set(registry) - before
     finally:
         for name in set(registry) - before:
@@ -56,7 +54,7 @@ def run_example(code: str, registry: Registry, namespace: dict) -> Iterator[set[
 
 
 def write_mydata(root: Path) -> None:
-    """The README's layout: idx/{train,test}.txt, vis/ (camera 1) and ir/ (camera 2)."""
+    """The example's layout: idx/{train,test}.txt, vis/ (camera 1) and ir/ (camera 2)."""
     rng = np.random.default_rng(0)
     for split, pids in (("train", range(1, 7)), ("test", range(7, 10))):
         lines = []
@@ -130,11 +128,9 @@ def test_backbone_example(monkeypatch):
 
 
 def extend_ini() -> str:
-    """The .ini block of the README's Extend section (the method's recipe)."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    start = readme.index("\n## Extend\n")
-    section = readme[start:readme.index("\n## ", start + 1)]
-    (block,) = re.findall(r"```ini\n(.*?)```", section, re.S)
+    """The .ini block of docs/extending.md (the method's recipe)."""
+    text = (REPO / "docs" / "extending.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```ini\n(.*?)```", text, re.S)
     return textwrap.dedent(block)
 
 

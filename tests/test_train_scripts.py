@@ -91,6 +91,10 @@ def test_command_line_parsing() -> None:
     args, cfg = parse_train_args(parser, ["--config", cfg_path, "--resume", "run/last.pth",
                                           "TRAIN.MAX_EPOCHS", "7"])
     assert args.resume == "run/last.pth" and cfg.TRAIN.MAX_EPOCHS == 7
+    # Options after the overrides are options, not override keys.
+    args, cfg = parse_train_args(parser, ["--config", cfg_path, "TRAIN.MAX_EPOCHS", "7",
+                                          "--trial", "all", "TRAIN.SEED", "3"])
+    assert args.trial == "all" and (cfg.TRAIN.MAX_EPOCHS, cfg.TRAIN.SEED) == (7, 3)
     # One parser for training splits (bounded) and test galleries (any trial >= 1).
     assert parse_trials(None, 10) is None
     assert parse_trials("all", 10) == list(range(1, 11))

@@ -3,7 +3,7 @@
     python tools/bench_all.py [--output BENCHMARKS.md] [--quick]
 
 The report names the machine (CPU model and cores, GPU if any) and the torch
-version; the README quotes it.
+version; docs link it.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from tools import (  # noqa: E402
     bench_recipes,
     bench_train,
 )
+from utils.cli import Parser  # noqa: E402
 from utils.errors import cli_entry  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
 
@@ -46,14 +47,24 @@ def machine() -> str:
             f"torch {torch.__version__}")
 
 
-@cli_entry
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/bench_all.py``."""
+    parser = Parser(
+        prog="tools/bench_all.py", description=__doc__.splitlines()[0],
+        examples=[
+            "python tools/bench_all.py",
+            "python tools/bench_all.py --quick --output /tmp/bench.md",
+        ])
     parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
     parser.add_argument("--quick", action="store_true",
                         help="fewer batches, trials, seeds and steps, no 20k x 20k case "
                              "(a smoke run)")
-    args = parser.parse_args()
+    return parser
+
+
+@cli_entry
+def main() -> int:
+    args = build_parser().parse_args()
     start = time.time()
     sections = [f"# Benchmarks\n\nMachine: {machine()}.\n",
                 f"Measured {time.strftime('%Y-%m-%d')} with `make bench`.\n"]

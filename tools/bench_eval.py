@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from data.base import ImageRecord  # noqa: E402
 from data.protocols import sample_gallery_seeded  # noqa: E402
 from data.sysu import SYSUMM01  # noqa: E402
+from utils.cli import Parser  # noqa: E402
 from utils.metrics import (  # noqa: E402
     DEFAULT_CHUNK_ELEMENTS,
     FeatureDistances,
@@ -226,9 +227,15 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    """Command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/bench_eval.py``."""
+    parser = Parser(
+        prog="tools/bench_eval.py", description=__doc__.split("\n\n")[0],
+        examples=[
+            "python tools/bench_eval.py",
+            "python tools/bench_eval.py --trials 2 --skip-20k",
+            "python tools/bench_eval.py --no-check --threads 2",
+        ])
     parser.add_argument("--trials", type=int, default=10, help="SYSU gallery trials")
     parser.add_argument("--skip-20k", action="store_true", help="leave out the 20k case")
     parser.add_argument("--no-check", action="store_true",
@@ -236,7 +243,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads of the vectorized side (default 1, like the loop)")
     parser.add_argument("--child-20k", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    """Command line."""
+    args = build_parser().parse_args()
     if args.child_20k:
         _child_big(args.threads)
         return

@@ -36,6 +36,7 @@ from engine.trainer import Trainer  # noqa: E402
 from layers import build_criterion  # noqa: E402
 from modeling import build_model  # noqa: E402
 from solver import build_optimizer, build_scheduler  # noqa: E402
+from utils.cli import Parser  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.constants import INFRARED, VISIBLE  # noqa: E402
 from utils.errors import cli_entry  # noqa: E402
@@ -179,13 +180,23 @@ def difference_se(res: dict[str, Any]) -> float:
     return float(np.sqrt((res["engine_std"] ** 2 + res["bare_std"] ** 2) / n))
 
 
-@cli_entry
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/bench_learning.py``."""
+    parser = Parser(
+        prog="tools/bench_learning.py", description=__doc__.splitlines()[0],
+        examples=[
+            "python tools/bench_learning.py",
+            "python tools/bench_learning.py --seeds 8 --epochs 8 --iters 20",
+        ])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--iters", type=int, default=20, help="steps per epoch")
-    args = parser.parse_args()
+    return parser
+
+
+@cli_entry
+def main() -> int:
+    args = build_parser().parse_args()
     res = compare(args.seeds, args.epochs, args.iters)
     print(markdown(res))
     return 0 if res["engine_mean"] >= res["bare_mean"] else 1

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from data import build_dataset  # noqa: E402
 from data.build import make_train_loader  # noqa: E402
+from utils.cli import Parser  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import cli_entry  # noqa: E402
 
@@ -121,9 +122,14 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@cli_entry
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/bench_loader.py``."""
+    parser = Parser(
+        prog="tools/bench_loader.py", description=__doc__.splitlines()[0],
+        examples=[
+            "python tools/bench_loader.py --dataset regdb --workers 0 1",
+            "python tools/bench_loader.py --root /data/SYSU-MM01 --cache-dir /tmp/vireid-cache",
+        ])
     parser.add_argument("--dataset", choices=("sysumm", "regdb"), default="sysumm")
     parser.add_argument("--root", help="existing dataset folder (default: generate one)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
@@ -134,7 +140,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=20, help="timed batches per setting")
     parser.add_argument("--cache-dir", help="cache folder (default: a temporary one)")
-    args = parser.parse_args()
+    return parser
+
+
+@cli_entry
+def main() -> int:
+    args = build_parser().parse_args()
     rows = bench_loader(args.root, args.dataset, tuple(args.workers), tuple(args.image_size),
                         tuple(args.size_train), args.batch_size, args.batches, args.cache_dir)
     print(format_table(rows))

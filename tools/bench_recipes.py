@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from engine.distributed import DistInfo  # noqa: E402
 from engine.launch import train_and_test  # noqa: E402
+from utils.cli import Parser  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import cli_entry  # noqa: E402
 
@@ -105,16 +106,27 @@ def markdown(res: dict[str, Any], recipes: list[str]) -> str:
     return "\n".join(lines)
 
 
-@cli_entry
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/bench_recipes.py``."""
+    parser = Parser(
+        prog="tools/bench_recipes.py", description=__doc__.splitlines()[0],
+        examples=[
+            "python tools/bench_recipes.py --recipes deen_regdb agw_regdb --seeds 2",
+            "python tools/bench_recipes.py --recipes deen_regdb --set TRAIN.STEPS '20, 50' "
+            "--set TRAIN.MAX_EPOCHS 81",
+        ])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--recipes", nargs="+", default=["deen/regdb", "agw/regdb"])
     parser.add_argument("--set", nargs=2, action="append", default=[],
                         metavar=("KEY", "VALUE"),
                         help="change every recipe before the reduction (repeatable)")
-    args = parser.parse_args()
+    return parser
+
+
+@cli_entry
+def main() -> int:
+    args = build_parser().parse_args()
     res = compare(args.recipes, args.seeds, args.steps, [v for kv in args.set for v in kv])
     print(markdown(res, args.recipes))
     return 0

@@ -29,6 +29,7 @@ import data  # noqa: E402
 from engine.distributed import resolve_device  # noqa: E402
 from engine.logger import close_logger, setup_logger  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
+from utils.cli import Parser  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import cli_entry  # noqa: E402
 
@@ -126,10 +127,16 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@cli_entry
-def main() -> int:
-    parser = argparse.ArgumentParser(description="Training-step throughput of the engine "
-                                     "against a bare loop of the same model.")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/bench_train.py``."""
+    parser = Parser(
+        prog="tools/bench_train.py",
+        description="Training-step throughput of the engine against a bare loop of the "
+                    "same model.",
+        examples=[
+            "python tools/bench_train.py --model resnet18 --size 128 64 --batch 32",
+            "python tools/bench_train.py --device cuda --amp",
+        ])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--size", type=int, nargs=2, default=(128, 64), metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=32)
@@ -139,7 +146,12 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--amp", action="store_true",
                         help="on CUDA also ResNet-50 288x144 batch 64, fp32 vs AMP")
-    args = parser.parse_args()
+    return parser
+
+
+@cli_entry
+def main() -> int:
+    args = build_parser().parse_args()
     table = rows(args.model, tuple(args.size), args.batch, args.iters, args.workers,
                  args.device, args.amp, args.repeats)
     print(markdown(table))

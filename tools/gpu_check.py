@@ -80,6 +80,7 @@ from tools.device_checks.common import (  # noqa: E402
     run_check,
     shipped_configs,
 )
+from utils.cli import Parser  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
 
@@ -268,17 +269,27 @@ def pattern(text: str) -> re.Pattern[str]:
         raise argparse.ArgumentTypeError(f"not a regular expression ({exc})") from None
 
 
-@cli_entry
-def main() -> int:
-    """Command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/gpu_check.py``."""
+    parser = Parser(
+        prog="tools/gpu_check.py", description=__doc__.splitlines()[0],
+        examples=[
+            "python tools/gpu_check.py --output gpu_check.json",
+            "python tools/gpu_check.py --cpu --only 'eval|resume'",
+        ])
     parser.add_argument("--output", default="gpu_check.json", help="JSON report path")
     parser.add_argument("--cpu", action="store_true",
                         help="the CPU version at tiny sizes (no GPU needed)")
     parser.add_argument("--only", metavar="PATTERN", type=pattern,
                         help="run only the checks whose name matches this regular expression")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    return run(parser.parse_args())
+    return parser
+
+
+@cli_entry
+def main() -> int:
+    """Command line."""
+    return run(build_parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -17,16 +17,23 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.cli import Parser  # noqa: E402
 from utils.errors import cli_entry  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``tools/import_checkpoint.py``."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="tools/import_checkpoint.py",
+        examples=[
+            "python tools/import_checkpoint.py --from agw agw_sysu.t --config "
+            "configs/agw_sysumm.ini --out output/published/agw_sysumm.pth",
+            "python tools/import_checkpoint.py --from deen regdb_deen_trial_3_best.t --config "
+            "configs/deen_regdb.ini --out output/published/deen_regdb_trial_3.pth DATA.TRIAL 3",
+        ],
         description="Convert a released AGW / CAJ / DEEN checkpoint into this project's "
                     "checkpoint format (for test.py and MODEL.PRETRAIN_PATH).",
-        epilog="Overrides are KEY VALUE pairs applied to --config, e.g. DATA.TRIAL 3.")
+        notes="Overrides are KEY VALUE pairs applied to --config, e.g. DATA.TRIAL 3.")
     p.add_argument("--from", dest="source", required=True, choices=("agw", "caj", "deen"),
                    help="whose code wrote SRC (AGW and CAJ share one network; the test-time "
                         "feature differs)")

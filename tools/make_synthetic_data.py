@@ -35,6 +35,7 @@ from tools.synthetic_people import (  # noqa: E402
     make_genome,
     render_person,
 )
+from utils.cli import Parser  # noqa: E402
 from utils.constants import INFRARED, VISIBLE  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 
@@ -313,9 +314,16 @@ def dataset_summary(root: str | Path) -> str:
     return "\n".join(lines)
 
 
-@cli_entry
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/make_synthetic_data.py``."""
+    parser = Parser(
+        prog="tools/make_synthetic_data.py", description=__doc__.split("\n")[0],
+        examples=[
+            "python tools/make_synthetic_data.py regdb /tmp/RegDB --ids 40 --images 4",
+            "python tools/make_synthetic_data.py sysumm /tmp/SYSU-MM01 --mirror-perm "
+            "rand_perm_cam.mat",
+            "python tools/make_synthetic_data.py llcm /tmp/LLCM --ids 30",
+        ])
     parser.add_argument("dataset", choices=["regdb", "sysumm", "llcm"])
     parser.add_argument("out_dir", type=Path, help="dataset root to create (new or empty)")
     parser.add_argument("--ids", type=int, default=None,
@@ -332,7 +340,12 @@ def main() -> None:
                         help="sysumm: official rand_perm_cam.mat whose test counts to mirror")
     parser.add_argument("--mirror-ids", type=int, default=None,
                         help="sysumm: mirror only the first M official test ids")
-    args = parser.parse_args()
+    return parser
+
+
+@cli_entry
+def main() -> None:
+    args = build_parser().parse_args()
     size = (args.height, args.width)
     if (args.mirror_perm or args.mirror_ids is not None) and args.dataset != "sysumm":
         raise UserError("--mirror-perm and --mirror-ids apply to sysumm only")

@@ -2,8 +2,8 @@
 
 An ``.ini`` file (sections ``[DATA]``, ``[MODEL]``, ``[LOSS]``, ``[TRAIN]``,
 ``[TEST]``, ``[TARGET]``) is merged onto these defaults by ``utils.config.load_config``;
-values are parsed to the type of the default. The README's configuration
-reference is generated from the comments in this file
+values are parsed to the type of the default. The configuration reference
+(docs/configs.md) is generated from the comments in this file
 (``python tools/config_reference.py``).
 """
 from yacs.config import CfgNode as CN

@@ -36,7 +36,7 @@ def _tail(proc: subprocess.CompletedProcess) -> str:
 def torchrun_and_test(ctx: Context) -> Figures:
     """``python -m torch.distributed.run --nproc_per_node=1 train_sysumm.py`` with
     TRAIN.SYNC_BN yes (2 epochs, the dataset's test at the end), then
-    ``test.py --model_path last.pth --device <device>`` on one gallery trial."""
+    ``test.py --model-path last.pth --device <device>`` on one gallery trial."""
     plan = ctx.plan
     run = ctx.workdir / "runs" / "torchrun"
     over = train_overrides(ctx, "torchrun", plan.train_size, small_batch(CONFIG), 3, 2, "auto",
@@ -70,7 +70,7 @@ def torchrun_and_test(ctx: Context) -> Figures:
         return figures
     out = ctx.workdir / "test_results.json"
     test = subprocess.run(
-        [sys.executable, "test.py", "--model_path", str(checkpoint), "--device",
+        [sys.executable, "test.py", "--model-path", str(checkpoint), "--device",
          ctx.device.type, "--trial", "1", "--output", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=_timeout(ctx))
     figures["test_exit"] = test.returncode
