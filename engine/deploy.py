@@ -45,7 +45,7 @@ from utils.config import config_from_ini_text, config_to_ini, with_values
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
 from utils.io import atomic_write_bytes, atomic_write_text
-from utils.metrics import feature_distance
+from utils.distances import feature_distance
 from utils.registry import Registry
 from utils.visualize import ranked_sheet
 

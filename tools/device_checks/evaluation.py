@@ -69,7 +69,7 @@ def compare(ctx: Context, q_feat: torch.Tensor, g_feat: torch.Tensor, labels: tu
         labels: (q_pids, g_pids, q_cams, g_cams) as NumPy arrays.
         cpu_engine: also time the engine's float32 path on the CPU.
     """
-    from utils.metrics import FeatureDistances
+    from utils.distances import FeatureDistances
 
     dist = distances64(q_feat, g_feat, ctx.device)
     on_cpu, cpu_s = _timed(torch.device("cpu"), dist.cpu(), labels, None)
@@ -152,7 +152,8 @@ def square(ctx: Context) -> Figures:
 def largest(ctx: Context) -> Figures:
     """N x N (100,000 on a GPU) on the device only, with the engine's chunk and a larger
     one: seconds and peak device memory."""
-    from utils.metrics import DEFAULT_CHUNK_ELEMENTS, FeatureDistances
+    from utils.distances import FeatureDistances
+    from utils.metrics import DEFAULT_CHUNK_ELEMENTS
 
     plan = ctx.plan
     q_feat, g_feat, labels = _square_case(plan.huge, plan.huge_ids, plan.eval_dim, 2, ctx.device)
