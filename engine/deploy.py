@@ -43,9 +43,9 @@ from engine.tester import load_model
 from modeling import VIReIDNet
 from utils.config import config_from_ini_text, config_to_ini, with_values
 from utils.constants import INFRARED, VISIBLE
+from utils.distances import feature_distance
 from utils.errors import UserError
 from utils.io import atomic_write_bytes, atomic_write_text
-from utils.distances import feature_distance
 from utils.registry import Registry
 from utils.visualize import ranked_sheet
 

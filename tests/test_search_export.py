@@ -21,8 +21,8 @@ from tools import export as export_tool
 from tools import extract as extract_tool
 from tools import search as search_tool
 from utils.config import config_from_ini_text, load_config
-from utils.io import atomic_torch_save
 from utils.distances import feature_distance
+from utils.io import atomic_torch_save
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TWO_STREAM = ("MODEL.SHARED_FROM", "1", "MODEL.POOLING", "gem")
