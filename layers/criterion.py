@@ -231,8 +231,12 @@ class Criterion(nn.Module):
         self.terms = nn.ModuleDict({key: module for key, (module, _) in terms.items()})
         self.weights = {key: weight for key, (_, weight) in terms.items()}
 
-    def forward(self, outputs: Outputs, batch: dict[str, torch.Tensor] | LossBatch
+    def forward(self, outputs: Outputs, batch: dict[str, torch.Tensor] | LossBatch | torch.Tensor,
+                modality: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``criterion(outputs, batch)``, or ``criterion(outputs, pid, modality)``."""
+        if modality is not None:
+            batch = {"pid": batch, "modality": modality}
         if not isinstance(batch, LossBatch):
             batch = LossBatch.from_batch(batch, int(outputs.get("views", 1)))
         terms = {key: self.weights[key] * term(outputs, batch)
