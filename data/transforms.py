@@ -65,7 +65,8 @@ def _channel_adaptive_gray(rng: np.random.Generator, prob: float) -> int:
 
 # DATA.CHANNEL_AUG_{VISIBLE,COPY,INFRARED} -> draw of the channel choice; only ``random``
 # uses DATA.CHANNEL_AUG_PROB. Module-level functions keep the transform picklable.
-CHANNEL_RULES: Registry = Registry("DATA.CHANNEL_AUG_*", "channel rule")
+CHANNEL_RULES: Registry = Registry("DATA.CHANNEL_AUG_*", "channel rule", config_keys=(
+    "DATA.CHANNEL_AUG_VISIBLE", "DATA.CHANNEL_AUG_COPY", "DATA.CHANNEL_AUG_INFRARED"))
 CHANNEL_RULES.update({"none": _channel_none, "random": _channel_random,
                       "exchange": _channel_exchange, "adaptive_gray": _channel_adaptive_gray})
 

@@ -49,7 +49,7 @@ from utils.io import atomic_write_bytes, atomic_write_text
 from utils.registry import Registry
 from utils.visualize import ranked_sheet
 
-MODALITIES: Registry = Registry("--modality", "modality")
+MODALITIES: Registry = Registry("--modality", "modality", config_keys=())
 MODALITIES.update({"visible": VISIBLE, "infrared": INFRARED})
 CACHE_DIR = "gallery_cache"
 

@@ -173,7 +173,7 @@ def format_value(value: Any) -> str:
 
 def _registry_names(cfg: CfgNode, where: str) -> None:
     for full_key, reg in CONFIG_REGISTRIES.items():
-        section, key = full_key.split(".")
+        section, _, key = full_key.partition(".")
         if section not in cfg or key not in cfg[section]:
             continue
         value = cfg[section][key]
