@@ -51,7 +51,7 @@ TERMS = id, wrt
     assert cfg.DATA.FLIP_PROB == 0.25 and isinstance(cfg.DATA.FLIP_PROB, float)
     assert cfg.DATA.NUM_WORKERS == 2 and isinstance(cfg.DATA.NUM_WORKERS, int)
     assert cfg.DATA.CACHE is True
-    assert cfg.DATA.SYSU_VAL_AS_TRAIN is False
+    assert cfg.SYSUMM.VAL_AS_TRAIN is False  # moved from DATA.SYSU_VAL_AS_TRAIN
     assert cfg.DATA.ROOT == "/data/home/RegDB"
     assert cfg.MODEL.PRETRAIN_PATH == str(Path.home() / "weights/r50.pth")
     assert cfg.TRAIN.BASE_LR == pytest.approx(1e-4)

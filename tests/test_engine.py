@@ -147,7 +147,7 @@ def test_select_val_needs_a_val_split(regdb_root: Path, sysu_root: Path) -> None
         periodic_evaluation(cfg, data.build_dataset(cfg, verbose=False), CPU)
     cfg = load_config(None, ["DATA.DATASET_NAME", "sysumm", "DATA.ROOT", str(sysu_root),
                              "TRAIN.SELECT", "val"])
-    with pytest.raises(UserError, match="DATA.SYSU_VAL_AS_TRAIN = no"):
+    with pytest.raises(UserError, match="SYSUMM.VAL_AS_TRAIN = no"):
         periodic_evaluation(cfg, data.build_dataset(cfg, verbose=False), CPU)
     held_out = load_config(None, ["DATA.DATASET_NAME", "sysumm", "DATA.ROOT", str(sysu_root),
                                   "DATA.SYSU_VAL_AS_TRAIN", "no", "TRAIN.SELECT", "last"])

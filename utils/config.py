@@ -187,8 +187,8 @@ def merge_ini_text(cfg: CfgNode, text: str, where: str) -> None:
     try:
         parser.read_string(text, source=where)
     except configparser.MissingSectionHeaderError:
-        raise UserError(f"{where}: a key before the first [SECTION]; only _BASE_ = FILE may "
-                        "stand there") from None
+        raise UserError(f"{where}: not a valid .ini file (a key before the first [SECTION]; "
+                        "only _BASE_ = FILE may stand there)") from None
     except configparser.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{where}: not a valid .ini file ({first})") from None

@@ -31,10 +31,6 @@ def _check(cfg: CfgNode, where: str) -> None:
         raise UserError(f"{where}: DEEN.AFTER = {d.AFTER} must be a shared stage: "
                         f"{first}..{last} (MODEL.SHARED_FROM = {cfg.MODEL.SHARED_FROM}, "
                         f"MODEL.LAST_STAGE = {last})")
-    for term, least in (("cpm", 1), ("orth", 2)):
-        if term in cfg.LOSS.TERMS and d.BRANCHES < least:
-            raise UserError(f"{where}: LOSS.TERMS has {term}, which needs expanded embeddings: "
-                            f"DEEN.BRANCHES >= {least} (it is {d.BRANCHES})")
 
 
 add_config_section("DEEN", "DEEN's MFA blocks, diverse embedding expansion, CPM and "
@@ -121,8 +117,21 @@ class OrthogonalityTerm(nn.Module):
         return torch.stack(pairs).sum() if pairs else outputs["feat"].sum() * 0.0
 
 
-LOSS_TERMS["cpm"] = LossSpec("loss_cpm",
-                             lambda cfg, n, d: CPMTerm(cfg.DEEN.CPM_MARGIN, cfg.DEEN.CPM_DETACH),
-                             lambda cfg: cfg.DEEN.CPM_WEIGHT)
-LOSS_TERMS["orth"] = LossSpec("loss_orth", lambda cfg, n, d: OrthogonalityTerm(),
-                              lambda cfg: cfg.DEEN.ORTH_WEIGHT)
+def _need_views(cfg: CfgNode, term: str, branches: int) -> None:
+    if cfg.DEEN.BRANCHES < branches:
+        raise UserError(f"LOSS.TERMS has {term}, which needs expanded embeddings: "
+                        f"DEEN.BRANCHES >= {branches} (it is {cfg.DEEN.BRANCHES})")
+
+
+def _cpm(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    _need_views(cfg, "cpm", 1)
+    return CPMTerm(cfg.DEEN.CPM_MARGIN, cfg.DEEN.CPM_DETACH)
+
+
+def _orth(cfg: CfgNode, num_classes: int, feat_dim: int) -> nn.Module:
+    _need_views(cfg, "orth", 2)
+    return OrthogonalityTerm()
+
+
+LOSS_TERMS["cpm"] = LossSpec("loss_cpm", _cpm, lambda cfg: cfg.DEEN.CPM_WEIGHT)
+LOSS_TERMS["orth"] = LossSpec("loss_orth", _orth, lambda cfg: cfg.DEEN.ORTH_WEIGHT)
