@@ -29,7 +29,7 @@ from engine.targets import target_record
 
 FIGURES = ("R1", "mAP", "mINP")
 READINGS = {
-    "last": "last epoch: the checkpoint TRAIN.SELECT {select} keeps ({note}), our default",
+    "last": "{kept}",
     "best_on_test": "best epoch on the test set among the periodic evaluations and the final "
                     "test: the papers' habit, selected on the test set",
 }
@@ -110,8 +110,10 @@ def build_report(cfg: CfgNode, recipe: str,
     readings: dict[str, Any] = {}
     for name, label in READINGS.items():
         got = [r[name] for r in rows if r[name] is not None]
-        entry: dict[str, Any] = {"label": label.format(select=selection["select"],
-                                                       note=selection["note"]),
+        kept = ("last epoch: the checkpoint TRAIN.SELECT last keeps, our default"
+                if selection["select"] == "last" else
+                f"the checkpoint TRAIN.SELECT {selection['select']} keeps ({selection['note']})")
+        entry: dict[str, Any] = {"label": label.format(kept=kept),
                                  "runs": len(got)}
         if len(got) == len(rows):
             entry.update(spread(got))

@@ -26,7 +26,7 @@ from engine.cli import AUTO, parse_trials
 from engine.distributed import init_distributed, shutdown_distributed
 from engine.launch import resolve_resume, train_and_test
 from engine.report import build_report, format_report
-from utils.config import config_from_ini_text, config_to_ini, load_config, with_values
+from utils.config import config_from_ini_text, load_config, with_values
 from utils.errors import UserError
 from utils.io import atomic_write_text
 
@@ -142,10 +142,11 @@ def finished(run: Run) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError, UserError):
         raise UserError(f"{path}: not a results file of this project; remove it to train "
                         "that run again") from None
-    if config_to_ini(saved) != config_to_ini(run.cfg):
-        first = next(f"{s}.{k} = {saved[s][k]!r}, now {run.cfg[s][k]!r}" for s in run.cfg
-                     for k in run.cfg[s] if saved[s][k] != run.cfg[s][k])
-        raise UserError(f"{path} was made with another config ({first}): use another "
+    # TARGET only labels the report: a recipe that gains its published figures keeps its runs.
+    diffs = [f"{s}.{k} = {saved[s][k]!r}, now {run.cfg[s][k]!r}" for s in run.cfg
+             if s != "TARGET" for k in run.cfg[s] if saved[s][k] != run.cfg[s][k]]
+    if diffs:
+        raise UserError(f"{path} was made with another config ({diffs[0]}): use another "
                         "TRAIN.OUTPUT_PATH or remove that run folder")
     return results
 
@@ -195,7 +196,7 @@ def reproduce_main(argv: Sequence[str] | None = None) -> int:
     seeds = parse_seeds(args.seeds)
     if not Path(args.recipe).is_file():
         raise UserError(f"{args.recipe}: recipe file not found (expected a .ini "
-                        "configuration, e.g. configs/deen_regdb.ini)")
+                        "configuration file, such as those in configs/)")
     cfg = load_config(args.recipe, opts)
     reproduce(cfg, seeds, args.trial, args.recipe)
     return 0

@@ -75,9 +75,12 @@ def test_rerun_trains_nothing_and_rewrites_the_report(reproduced, monkeypatch):
 
     monkeypatch.setattr(reproduce, "train_and_test", no_training)
     before = (out / "report.json").read_text()
-    assert reproduce.reproduce_main(args) == 0
+    # A new published figure only relabels the report: the runs are kept.
+    assert reproduce.reproduce_main([*args, "TARGET.R1", "80"]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert json.loads((out / "report.json").read_text())["runs"] == json.loads(before)["runs"]
+    after = json.loads((out / "report.json").read_text())
+    assert after["runs"] == json.loads(before)["runs"]
+    assert after["readings"]["last"]["target"]["figures"]["R1"]["target"] == 80.0
 
 
 def test_a_changed_recipe_does_not_mix_with_finished_runs(reproduced):

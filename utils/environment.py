@@ -88,7 +88,9 @@ def format_environment(env: dict[str, Any]) -> str:
     else:
         code = f"commit {git['commit'][:10]}" + (" (local changes)" if git["local_changes"]
                                                  else "")
-    precision = ", ".join(f"{k} {v}" for k, v in env["precision"].items())
+    # Short names: log readers look for the " training " line of the trainer.
+    short = {"training": "train", "extraction": "test features"}
+    precision = ", ".join(f"{short.get(k, k)} {v}" for k, v in env["precision"].items())
     parts = [f"python {env['python']}", f"torch {env['torch']}",
              f"torchvision {env['torchvision']}", f"CUDA {env['cuda']}",
              f"cuDNN {env['cudnn']}", gpu,
