@@ -7,7 +7,9 @@ Generates a RegDB-layout dataset of procedurally drawn people (visible and
 thermal), trains ``configs/demo_synthetic.ini`` (a two-stream ResNet-18) on
 the CPU, evaluates the untrained and the trained model with the RegDB
 protocol (trial 1, visible->thermal and thermal->visible), prints both, and
-writes a ranked-results sheet, the CMC curves and the training curves.
+writes a ranked-results sheet, the CMC curves and the training curves; then
+searches the thermal test images for three visible test queries with the
+trained checkpoint, as ``tools/search.py`` does, and writes their ranked sheets.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 from engine.checkpoint import load_checkpoint  # noqa: E402
+from engine.deploy import load_trained, search  # noqa: E402
 from engine.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from engine.evaluate import run_evaluation  # noqa: E402
 from engine.launch import train_and_test  # noqa: E402
@@ -35,6 +38,7 @@ from engine.visual import write_pictures  # noqa: E402
 from modeling import build_model  # noqa: E402
 from tools.make_synthetic_data import make_regdb  # noqa: E402
 from utils.config import load_config  # noqa: E402
+from utils.constants import INFRARED, VISIBLE  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
 from utils.visualize import training_curves  # noqa: E402
@@ -93,6 +97,31 @@ def prepare_dataset(root: Path, num_ids: int, images: int, image_size: tuple[int
     return root
 
 
+def demo_search(model_path: Path, dataset, out: Path, num_queries: int = 3
+                ) -> dict[str, Any]:
+    """``tools/search.py`` on the trained checkpoint: the first visible image of
+    ``num_queries`` test identities spread over the test set against every thermal test
+    image; writes a ranked sheet per query and ranking.json to ``out``.
+
+    Returns:
+        ``{'queries': int, 'top1_same': int (queries whose first match is the same person),
+        'gallery': int, 'sheets': [Path], 'out': Path}``
+    """
+    visible, thermal = dataset.test_sets["visible"], dataset.test_sets["infrared"]
+    firsts: dict[int, str] = {}
+    for r in visible:
+        firsts.setdefault(r.pid, r.path)
+    pids = sorted(firsts)
+    picked = [pids[round(i * (len(pids) - 1) / max(num_queries - 1, 1))]
+              for i in range(min(num_queries, len(pids)))]
+    pid_of = {r.path: r.pid for r in thermal}
+    result = search(load_trained(str(model_path)), [firsts[p] for p in picked],
+                    [r.path for r in thermal], VISIBLE, INFRARED, out, top=10)
+    top1 = [q["top"][0]["path"] for q in result.ranking["queries"]]
+    return {"queries": len(picked), "gallery": len(thermal), "sheets": result.sheets,
+            "top1_same": sum(pid_of[t] == p for t, p in zip(top1, picked)), "out": out}
+
+
 def run_demo(out: Path, num_ids: int, images: int, overrides: list[str],
              image_size: tuple[int, int] = (128, 64), num_train: int | None = None
              ) -> dict[str, Any]:
@@ -100,7 +129,7 @@ def run_demo(out: Path, num_ids: int, images: int, overrides: list[str],
 
     Returns:
         ``{'untrained': {direction: mean figures}, 'trained': {...}, 'chance': float,
-        'run_dir': Path, 'pictures': Path, 'seconds': float}``
+        'run_dir': Path, 'pictures': Path, 'search': demo_search's dict, 'seconds': float}``
     """
     start = time.time()
     root = prepare_dataset(out / "RegDB", num_ids, images, image_size, num_train)
@@ -117,6 +146,7 @@ def run_demo(out: Path, num_ids: int, images: int, overrides: list[str],
         path = run_dir / "last.pth"
         model = load_model(cfg, load_checkpoint(path), str(path)).to(device)
         trained = evaluate_with_pictures(cfg, model, dataset, device, pictures)
+        searched = demo_search(path, dataset, out / "search")
     finally:
         shutdown_distributed()
     curves = training_curves(run_dir, pictures / "training_curves.png")
@@ -125,7 +155,7 @@ def run_demo(out: Path, num_ids: int, images: int, overrides: list[str],
         "untrained": {d: untrained["settings"][d]["mean"] for d in DIRECTIONS},
         "trained": {d: trained["settings"][d]["mean"] for d in DIRECTIONS},
         "chance": 100.0 / num_test_ids, "num_test_ids": num_test_ids,
-        "run_dir": run_dir, "pictures": pictures, "curves": curves,
+        "run_dir": run_dir, "pictures": pictures, "curves": curves, "search": searched,
         "seconds": time.time() - start,
     }
 
@@ -143,13 +173,17 @@ def report(res: dict[str, Any]) -> str:
                          f"{m['mAP']:7.2f} {m['mINP']:7.2f}")
     r1 = res["trained"]["visible-to-thermal"]["R1"]
     verdict = "reached" if r1 >= BAR_R1 else "NOT reached"
-    lines += ["", f"bar: R1 visible->thermal >= {BAR_R1:.0f}%: {verdict} ({r1:.2f}%)",
+    found = res["search"]
+    lines += ["", f"search (tools/search.py): {found['queries']} visible queries against "
+              f"{found['gallery']} thermal images, first match the same person for "
+              f"{found['top1_same']} of {found['queries']}",
+              f"bar: R1 visible->thermal >= {BAR_R1:.0f}%: {verdict} ({r1:.2f}%)",
               f"time: {res['seconds'] / 60:.1f} min"]
     return "\n".join(lines)
 
 
 def next_steps(res: dict[str, Any]) -> str:
-    run, pics = res["run_dir"], res["pictures"]
+    run, pics, found = res["run_dir"], res["pictures"], res["search"]["out"]
     return f"""
 outputs:
   {run}/                 config.ini, log.txt, metrics.jsonl, last.pth, results.json, tensorboard/
@@ -159,6 +193,12 @@ outputs:
                                          marker = modality
   {pics}/distances.png                   same- vs different-person cross-modality distances
   {pics}/training_curves.png             loss terms, learning rate, periodic evaluation
+  {found}/ranked_*.png, ranking.json      tools/search.py on three visible test queries
+
+use the trained model on your own images (see README.md, "Use a trained model"):
+  python tools/search.py --model_path {run}/last.pth --query QUERY.png \\
+      --gallery 'THERMAL_FOLDER/**/*.bmp' --gallery-modality infrared --out {found}
+  python tools/export.py --model_path {run}/last.pth --format onnx --out demo.onnx
 
 next, on real data (see README.md for the layouts):
   python train_regdb.py --config configs/agw_regdb.ini DATA.ROOT /data/RegDB --trial all
