@@ -106,27 +106,36 @@ def modality_id(name: str, flag: str = "--modality") -> int:
     return MODALITIES[key]
 
 
-def collect_images(specs: list[str], flag: str) -> list[str]:
+def collect_images(specs: list[str], flag: str, exclude: str | os.PathLike | None = None
+                   ) -> list[str]:
     """The image files named by ``specs``: files, folders (recursive) or glob patterns.
 
-    Folders and patterns contribute their files with an image extension, sorted;
-    a file named directly is taken as it is (and must decode). Duplicates are
-    dropped, first occurrence kept. Every header is opened, so a file that is not an
-    image is named before any feature is extracted.
+    Folders and patterns contribute their files with an image extension, sorted,
+    except those under ``exclude`` (a search's output folder: its sheets are not
+    gallery images); a file named directly is taken as it is (and must decode).
+    Duplicates are dropped, first occurrence kept. Every header is opened, so a file
+    that is not an image is named before any feature is extracted.
 
     Raises:
         UserError: a path that does not exist, a folder or pattern without images, a
             file that is not an image.
     """
     out: list[str] = []
+    skip = Path(exclude).resolve() if exclude is not None else None
+
+    def kept(path: str) -> bool:
+        return skip is None or not Path(path).resolve().is_relative_to(skip)
+
     for spec in specs:
         if glob.has_magic(spec):
             found = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
-            images = sorted(p for p in found if p.lower().endswith(IMAGE_EXTENSIONS))
+            images = sorted(p for p in found if p.lower().endswith(IMAGE_EXTENSIONS)
+                            and kept(p))
             what = f"the pattern {spec}"
         elif os.path.isdir(spec):
             images = sorted(str(p) for p in Path(spec).rglob("*")
-                            if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS))
+                            if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)
+                            and kept(str(p)))
             what = f"the folder {spec}"
         elif os.path.isfile(spec):
             images, what = [spec], spec

@@ -17,7 +17,8 @@ cost of running the modality-specific stages once per modality).
 
 The file is written next to ``out`` under a temporary name, run on a random
 batch of both modalities of another size than the traced one (so a batch
-axis frozen by the trace fails), compared with the PyTorch model, and renamed
+axis frozen by the trace fails), compared with ``VIReIDNet`` itself (its own
+routing, so a wrapper that drifted from the network fails too), and renamed
 to ``out`` only when it matches: a failed export leaves an existing file as it was.
 """
 from __future__ import annotations
@@ -257,8 +258,7 @@ def export_model(cfg: CfgNode, model: VIReIDNet, out: str | os.PathLike, fmt: st
             else:
                 _write_torchscript(net, example, tmp, meta)
         got = run_exported(tmp, fmt, *check)
-        with torch.inference_mode():
-            want = net(*check).numpy()
+        want = reference_features(model, *check, flip=bool(cfg.TEST.FLIP)).numpy()
         diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
         if not diff <= tolerance:
             raise UserError(f"{out}: the exported {fmt} model differs from PyTorch by "
@@ -271,6 +271,17 @@ def export_model(cfg: CfgNode, model: VIReIDNet, out: str | os.PathLike, fmt: st
         if tmp.exists():
             tmp.unlink()
     return ExportReport(out, fmt, diff, len(check[0]), feature_dim)
+
+
+def reference_features(model: VIReIDNet, img: torch.Tensor, modality: torch.Tensor,
+                       flip: bool) -> torch.Tensor:
+    """(B, D') features of the network itself, as the tester computes them (its own
+    routing by modality; with ``flip`` the mean with the mirror's feature)."""
+    with torch.inference_mode():
+        out = model.eval()(img, modality)
+        if flip:
+            out = (out + model(torch.flip(img, dims=[3]), modality)) / 2
+    return out
 
 
 def _temporary(out: Path) -> Path:

@@ -42,6 +42,12 @@ def test_demo_pipeline_learns_and_draws(tmp_path, capsys):
     assert sheet.size == (6 + 11 * (64 + 6) + 6, 6 + 8 * (128 + 14 + 6))
     for f in ("config.ini", "log.txt", "metrics.jsonl", "last.pth", "results.json"):
         assert (res["run_dir"] / f).is_file(), f
+    found = res["search"]  # tools/search.py on three visible test queries
+    assert found["queries"] == 3 and found["gallery"] == 32 * 6
+    assert 0 <= found["top1_same"] <= 3 and f"for {found['top1_same']} of 3" in table
+    ranking = json.loads((found["out"] / "ranking.json").read_text())
+    assert [found["out"] / q["sheet"] for q in ranking["queries"]] == found["sheets"]
+    assert all(Image.open(p).format == "PNG" for p in found["sheets"])
 
 
 def test_demo_dataset_reused_or_redrawn(tmp_path):

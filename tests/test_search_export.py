@@ -126,14 +126,19 @@ def test_search_ranks_the_planted_image_first_and_reuses_the_cache(
     again = json.loads((out / "ranking.json").read_text())["queries"][0]["top"]
     assert again[0]["path"] == str(planted[pids[1]])
 
-    # A changed gallery file changes the key: extracted again.
+    # A changed gallery file changes the key: extracted again. The output folder inside
+    # the gallery folder: its sheets are not taken as gallery images.
     calls.clear()
     os.utime(gallery[0], ns=(1, 1))
-    code, stdout, err = run_script(search_tool, monkeypatch, capsys, "--model_path", str(ckpt),
-                                   "--query", queries[0], "--gallery", str(tmp_path / "gallery"),
-                                   "--gallery-modality", "visible", "--out", str(out))
-    assert code == 0, err
-    assert calls == [len(gallery), 1] and "extracted and cached" in stdout
+    inside = tmp_path / "gallery" / "found"
+    for _ in range(2):
+        code, stdout, err = run_script(search_tool, monkeypatch, capsys, "--model_path",
+                                       str(ckpt), "--query", queries[0], "--gallery",
+                                       str(tmp_path / "gallery"), "--gallery-modality",
+                                       "visible", "--out", str(inside))
+        assert code == 0, err
+    assert calls == [len(gallery), 1, 1] and "read from the cache" in stdout
+    assert json.loads((inside / "ranking.json").read_text())["gallery_size"] == len(gallery)
 
 
 def test_extract_writes_the_documented_npz(ckpt, regdb_root, tmp_path, monkeypatch, capsys):
