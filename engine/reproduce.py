@@ -26,6 +26,7 @@ from engine.cli import AUTO, parse_trials
 from engine.distributed import init_distributed, shutdown_distributed
 from engine.launch import resolve_resume, train_and_test
 from engine.report import build_report, format_report
+from utils.cli import Parser
 from utils.config import config_from_ini_text, load_config, with_values
 from utils.errors import UserError
 from utils.io import atomic_write_text
@@ -54,16 +55,18 @@ class Run:
         return Path(self.cfg.TRAIN.OUTPUT_PATH)
 
 
-def parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """The command line of ``tools/reproduce.py``."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="tools/reproduce.py",
+        examples=["python tools/reproduce.py configs/deen/regdb.ini --seeds 3 --trial all "
+                  "DATA.ROOT /data/RegDB"],
         description="Train and test a recipe over several seeds (and split trials), then "
                     "write report.md and report.json into its TRAIN.OUTPUT_PATH: the "
                     "figures of every run at the last epoch and at its best epoch on the "
                     "test set, mean ± sample std, the published target, the environment "
                     "and the dataset fingerprint. Finished runs are not trained again.",
-        epilog="Overrides are KEY VALUE pairs after the options, as in train.py.")
+        notes="Overrides are KEY VALUE pairs after the options, as in train.py.")
     p.add_argument("recipe", help="the .ini configuration file")
     p.add_argument("--seeds", required=True, metavar="N",
                    help="number of seeds: TRAIN.SEED 0..N-1")
@@ -191,7 +194,7 @@ def reproduce_main(argv: Sequence[str] | None = None) -> int:
     """The entry point of ``tools/reproduce.py``."""
     # The overrides may stand before or after the options: every word argparse does not
     # know is one, in order.
-    args, opts = parser().parse_known_args(argv)
+    args, opts = build_parser().parse_known_args(argv)
     opts = [o for o in opts if o != "--"]
     seeds = parse_seeds(args.seeds)
     if not Path(args.recipe).is_file():

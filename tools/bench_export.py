@@ -33,6 +33,7 @@ from engine.export import (  # noqa: E402
     onnx_session,
 )
 from modeling import build_model  # noqa: E402
+from utils.cli import Parser  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.constants import INFRARED  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
@@ -123,16 +124,26 @@ def markdown(table: list[dict[str, Any]]) -> str:
 
 @cli_entry
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="example: python tools/bench_export.py --size 128 64 --batch 32 --threads 1 2")
+    parser = build_parser()
+    args = parser.parse_args()
+    return _run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/bench_export.py``."""
+    parser = Parser(prog="tools/bench_export.py", description=__doc__.splitlines()[0],
+                    examples=["python tools/bench_export.py --size 128 64 --batch 32 "
+                              "--threads 1 2"])
     parser.add_argument("--size", type=int, nargs=2, action="append", metavar=("H", "W"),
                         help="input size (repeatable; default 64 32 and 128 64)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, default=5, help="batches per timed run")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per side")
-    args = parser.parse_args()
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
     sizes = [tuple(s) for s in args.size] if args.size else [(64, 32), (128, 64)]
     if min(args.batch, args.batches, args.runs, *args.threads) < 1:
         raise UserError("--batch, --threads, --batches and --runs must be >= 1")

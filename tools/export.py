@@ -21,18 +21,19 @@ sys.path.insert(0, str(REPO))
 
 from engine.deploy import load_trained  # noqa: E402
 from engine.export import FORMATS, export_model, require_onnx  # noqa: E402
+from utils.cli import Parser  # noqa: E402
 from utils.errors import UserError, cli_entry  # noqa: E402
 
-EXAMPLE = """example:
-  python tools/export.py --model_path output/agw_regdb/trial_1/last.pth \\
-      --format onnx --out agw_regdb.onnx
-"""
+EXAMPLES = [
+    "python tools/export.py --model-path output/agw_regdb/trial_1/last.pth --format onnx "
+    "--out agw_regdb.onnx",
+]
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EXAMPLE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", "--model_path", dest="model_path", required=True,
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/export.py``."""
+    p = Parser(prog="tools/export.py", description=__doc__.splitlines()[0], examples=EXAMPLES)
+    p.add_argument("--model-path", required=True,
                    help="a checkpoint of this project (.pth)")
     p.add_argument("--format", required=True, help=" or ".join(FORMATS))
     p.add_argument("--out", required=True, help="the file to write")
@@ -56,7 +57,7 @@ def parse_batch(text: str) -> int | None:
 
 @cli_entry
 def main() -> int:
-    args = parser().parse_args()
+    args = build_parser().parse_args()
     fmt = args.format.strip().lower()
     if fmt not in FORMATS:
         raise UserError(f"--format {args.format}: expected {' or '.join(FORMATS)}")

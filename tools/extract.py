@@ -23,18 +23,19 @@ from engine.deploy import (  # noqa: E402
     load_trained,
     modality_id,
 )
+from utils.cli import Parser  # noqa: E402
 from utils.errors import cli_entry  # noqa: E402
 
-EXAMPLE = """example:
-  python tools/extract.py --model_path output/agw_sysumm/last.pth \\
-      --images crops/ir --modality infrared --out ir_feats.npz
-"""
+EXAMPLES = [
+    "python tools/extract.py --model-path output/agw_sysumm/last.pth --images crops/ir "
+    "--modality infrared --out ir_feats.npz",
+]
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EXAMPLE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", "--model_path", dest="model_path", required=True,
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/extract.py``."""
+    p = Parser(prog="tools/extract.py", description=__doc__.splitlines()[0], examples=EXAMPLES)
+    p.add_argument("--model-path", required=True,
                    help="a checkpoint of this project (.pth)")
     p.add_argument("--images", nargs="+", required=True, help="images, folders or globs")
     p.add_argument("--modality", required=True, help="visible or infrared")
@@ -45,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main() -> int:
-    args = parser().parse_args()
+    args = build_parser().parse_args()
     modality = modality_id(args.modality, "--modality")
     paths = collect_images(args.images, "--images")
     check_writable_dir(Path(args.out).parent, "--out")

@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.reproduce import reproduce_main  # noqa: E402
+from engine.reproduce import build_parser, reproduce_main  # noqa: E402, F401
 from utils.errors import cli_entry  # noqa: E402
 
 if __name__ == "__main__":

@@ -26,27 +26,28 @@ from engine.deploy import (  # noqa: E402
     modality_id,
     search,
 )
+from utils.cli import Parser  # noqa: E402
 from utils.errors import cli_entry  # noqa: E402
 
-EXAMPLE = """example:
-  python tools/search.py --model_path output/agw_regdb/trial_1/last.pth \\
-      --query probe_rgb.jpg --query-modality visible \\
-      --gallery 'crops/ir/**/*.png' --gallery-modality infrared --top 10 --out output/search
-"""
+EXAMPLES = [
+    "python tools/search.py --model-path output/agw_regdb/trial_1/last.pth --query probe.jpg "
+    "--query-modality visible --gallery 'crops/ir/**/*.png' --gallery-modality infrared "
+    "--top 10 --out output/search",
+]
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=EXAMPLE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", "--model_path", dest="model_path", required=True,
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/search.py``."""
+    p = Parser(prog="tools/search.py", description=__doc__.splitlines()[0], examples=EXAMPLES)
+    p.add_argument("--model-path", required=True,
                    help="a checkpoint of this project (.pth)")
     p.add_argument("--query", nargs="+", required=True, help="query images, folders or globs")
     p.add_argument("--gallery", nargs="+", required=True,
                    help="gallery images, folders or globs")
-    p.add_argument("--query-modality", "--query_modality", dest="query_modality",
-                   default="visible", help="visible or infrared (default visible)")
-    p.add_argument("--gallery-modality", "--gallery_modality", dest="gallery_modality",
-                   default="infrared", help="visible or infrared (default infrared)")
+    p.add_argument("--query-modality", default="visible",
+                   help="visible or infrared (default visible)")
+    p.add_argument("--gallery-modality", default="infrared",
+                   help="visible or infrared (default infrared)")
     p.add_argument("--top", type=int, default=10, help="gallery images listed per query")
     p.add_argument("--out", default="output/search",
                    help="folder for the sheets, ranking.json and the gallery cache")
@@ -56,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_entry
 def main() -> int:
-    args = parser().parse_args()
+    args = build_parser().parse_args()
     q_mod = modality_id(args.query_modality, "--query-modality")
     g_mod = modality_id(args.gallery_modality, "--gallery-modality")
     queries = collect_images(args.query, "--query", exclude=args.out)

@@ -1,21 +1,20 @@
 """DEEN's centre-guided pair mining (CPM) and orthogonality losses.
 
-Modality labels: 0 = visible, 1 = infrared. Distances are Euclidean and computed
-in float32 as ``sqrt(max(|a|^2 + |b|^2 - 2 a.b, 1e-12))``, so coincident points
-give a zero gradient instead of NaN.
+Modality labels: 0 = visible, 1 = infrared. Distances are Euclidean, from
+``utils.distances.pairwise_distance``: float32 ``sqrt(max(|a|^2 + |b|^2 - 2 a.b, 1e-12))``,
+so coincident points give a zero gradient instead of NaN.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-_EPS = 1e-12
+from utils.distances import pairwise_distance
 
 
-def _euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(M, D), (N, D) -> (M, N) Euclidean distances."""
-    d2 = a.pow(2).sum(1)[:, None] + b.pow(2).sum(1)[None, :] - 2.0 * (a @ b.t())
-    return d2.clamp(min=_EPS).sqrt()
+    return pairwise_distance(a, b, "euclidean")
 
 
 def _group_means(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -27,13 +26,13 @@ def _group_means(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 def _modality_terms(own: torch.Tensor, other: torch.Tensor, expanded: torch.Tensor,
                     margin: float, detach_own: bool) -> torch.Tensor:
     """CPM of one modality from (K, D) centres: own originals, other originals, own expanded."""
-    anchor = _euclidean(other, expanded).diagonal()  # d(c_other^i, e_own^i)
-    to_own = _euclidean(own, expanded).diagonal()
+    anchor = _distance(other, expanded).diagonal()  # d(c_other^i, e_own^i)
+    to_own = _distance(own, expanded).diagonal()
     if detach_own:
         to_own = to_own.detach()
     other_ids = ~torch.eye(len(own), dtype=torch.bool, device=own.device)
-    nearest_expanded = _euclidean(expanded, expanded).masked_fill(~other_ids, float("inf"))
-    nearest_own = _euclidean(own, own).masked_fill(~other_ids, float("inf"))
+    nearest_expanded = _distance(expanded, expanded).masked_fill(~other_ids, float("inf"))
+    nearest_own = _distance(own, own).masked_fill(~other_ids, float("inf"))
     return (F.relu(anchor - to_own + margin).mean()
             + 0.5 * F.relu(anchor - nearest_expanded.amin(dim=1) + margin).mean()
             + 0.5 * F.relu(anchor - nearest_own.amin(dim=1) + margin).mean())
