@@ -31,10 +31,13 @@ def target_record(cfg: CfgNode, results: dict[str, Any], trained_on: str | None 
     target = cfg.TARGET
     if not target.SOURCE or (trained_on or results["dataset"]) != results["dataset"]:
         return None
-    entry = results["settings"].get(target.SETTING)
-    if entry is None:  # the target's setting was not evaluated (e.g. --mode indoor)
+    entry = results.get("settings", {}).get(target.SETTING)
+    if entry is not None:
+        head = entry["mean"]
+    elif results.get("headline", {}).get("setting") == target.SETTING:
+        head = results["headline"]
+    else:  # the target's setting was not evaluated (e.g. --mode indoor)
         return None
-    head = entry["mean"]
     figures = {}
     for name, published in (("R1", target.R1), ("mAP", target.MAP), ("mINP", target.MINP)):
         if published >= 0 and name in head:

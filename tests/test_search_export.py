@@ -218,7 +218,7 @@ def test_onnx_of_a_single_stream_network_keeps_the_modality_input(tmp_path):
     proto = onnx.load(str(report.path))
     assert [i.name for i in proto.graph.input] == ["images", "modality"]
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["image_size"]) == [32, 16] and meta["test_distance"] == "euclidean"
+    assert json.loads(meta["image_size"]) == [32, 16] and meta["test_distance"] == "sqeuclidean"
 
 
 def test_export_tool_writes_a_checked_file(ckpt, tmp_path, monkeypatch, capsys):
@@ -323,4 +323,4 @@ def test_extract_and_export_unwritable_output(ckpt, regdb_root, tmp_path, monkey
 def test_help_has_an_example(script, monkeypatch, capsys):
     code, out, _ = run_script(script, monkeypatch, capsys, "--help")
     assert code == 0
-    assert "example:" in out and "--model_path" in out and "--model-path" in out
+    assert "examples:" in out and "--model_path" in out and "--model-path" in out
