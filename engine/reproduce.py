@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of ``tools/reproduce.py``."""
     p = Parser(
         prog="tools/reproduce.py",
-        examples=["python tools/reproduce.py configs/deen/regdb.ini --seeds 3 --trial all"],
+        examples=["python tools/reproduce.py configs/demo_synthetic.ini --seeds 3 --trial all"],
         description="Train and test a recipe over several seeds (and split trials), then "
                     "write report.md and report.json into its TRAIN.OUTPUT_PATH: the "
                     "figures of every run at the last epoch and at its best epoch on the "

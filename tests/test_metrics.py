@@ -223,7 +223,8 @@ def test_rerank_matches_reference(ties):
         np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("metric,normalize", [("euclidean", True), ("euclidean", False),
+@pytest.mark.parametrize("metric,normalize", [("sqeuclidean", True), ("sqeuclidean", False),
+                                              ("euclidean", True), ("euclidean", False),
                                               ("cosine", False), ("dot", True), ("dot", False)])
 def test_distances_from_features_chunk_by_chunk(metric, normalize):
     """The ranking computed from features a few rows at a time equals the one of the whole
@@ -238,7 +239,8 @@ def test_distances_from_features_chunk_by_chunk(metric, normalize):
     qd, gd = q.double(), g.double()
     if normalize or metric == "cosine":
         qd, gd = torch.nn.functional.normalize(qd, dim=1), torch.nn.functional.normalize(gd, dim=1)
-    expected = {"euclidean": torch.cdist(qd, gd) ** 2, "cosine": 1 - qd @ gd.T,
+    expected = {"sqeuclidean": torch.cdist(qd, gd) ** 2, "euclidean": torch.cdist(qd, gd),
+                "cosine": 1 - qd @ gd.T,
                 "dot": -(qd @ gd.T)}[metric]
     torch.testing.assert_close(whole.double(), expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(lazy[5:9], whole[5:9])

@@ -81,8 +81,10 @@ class FeatureDistances:
                  normalize: bool = True) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown distance {metric!r}: expected one of {', '.join(METRICS)}")
-        self.q_feat, self.metric = q_feat.float(), metric
-        self.g_feat = g_feat.float().to(q_feat.device)
+        # float32, or float64 features kept as they are (the distance pictures' numpy input).
+        dtype = torch.float64 if q_feat.dtype == torch.float64 else torch.float32
+        self.q_feat, self.metric = q_feat.to(dtype), metric
+        self.g_feat = g_feat.to(q_feat.device, dtype)
         self.shape = (q_feat.shape[0], g_feat.shape[0])
         self.device = q_feat.device
         # Squared norms of the features as compared, and the scale that normalises them
