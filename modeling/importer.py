@@ -65,7 +65,7 @@ def recipe(relative: str) -> CfgNode:
     return load_config(CONFIGS / relative)
 
 
-def test_keys(source: str) -> dict[str, Any]:
+def published_test_keys(source: str) -> dict[str, Any]:
     """The authors' test-time feature of ``source``: TEST keys of its recipe."""
     test = recipe(TEST_RECIPES[source]).TEST
     return {f"TEST.{k}": tuple(test[k]) if isinstance(test[k], list | tuple) else test[k]
@@ -236,7 +236,7 @@ def convert(source: str, net: dict[str, torch.Tensor], cfg: CfgNode,
 def set_test_keys(source: str, cfg: CfgNode) -> tuple[CfgNode, list[tuple[str, Any, Any]]]:
     """``cfg`` with the source's test-time keys; returns it and the (key, old, new) changes."""
     changes = []
-    for key, value in test_keys(source).items():
+    for key, value in published_test_keys(source).items():
         section, name = key.split(".")
         if cfg[section][name] != value:
             changes.append((key, cfg[section][name], value))
