@@ -156,8 +156,10 @@ class Trainer:
         fresh = [{k: v for k, v in g.items() if k != "params"}
                  for g in self.optimizer.param_groups]
         # LOSS.TERMS decides whether the model has modality heads.
+        keys = ", ".join(k for k, _, _ in changed if k.startswith(("LOSS.", "TRAIN."))) or "-"
         load_state(unwrap(self.model), ckpt["model"],
-                   f"{path}: cannot resume, the checkpoint's network differs")
+                   f"{path}: cannot resume, the loss or optimizer settings build different "
+                   f"parameters than the checkpoint's (changed keys: {keys})")
         try:
             self.criterion.load_state_dict(ckpt["criterion"])
             self.optimizer.load_state_dict(ckpt["optimizer"])

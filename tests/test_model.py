@@ -38,7 +38,9 @@ def test_output_shapes_for_every_shared_from(shared_from):
     img = torch.randn(4, 3, 64, 32)
     modality = torch.tensor([1, 0, 0, 1])
     out = model(img, modality)
-    assert set(out) == {"feat", "bn_feat", "logits", "head_logits", "views"} and out["views"] == 1
+    maps = set(STAGES[max(shared_from - 1, 0):])  # every stage's map: the front's last, then all
+    assert set(out) == {"feat", "bn_feat", "logits", "head_logits", "views"} | maps
+    assert out["views"] == 1 and out["layer4"].shape == (4, 512, 2, 2)
     assert out["feat"].shape == out["bn_feat"].shape == (4, 512)
     assert out["logits"].shape == (4, 5)
     assert out["head_logits"].shape == (2, 4, 5)

@@ -256,10 +256,13 @@ def test_extract_features_places_rows_by_index_and_flip_adds():
 
 def test_pairwise_distances():
     x, y = torch.randn(5, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+    x, y = x.float(), y.float()  # test features are float32
+    torch.testing.assert_close(feature_distance(x, y, "sqeuclidean", normalize=False),
+                               torch.cdist(x, y) ** 2, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(feature_distance(x, y, "euclidean", normalize=False),
-                               torch.cdist(x, y).float() ** 2, atol=1e-4, rtol=1e-4)
+                               torch.cdist(x, y), atol=1e-4, rtol=1e-4)
     xn, yn = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
-    torch.testing.assert_close(feature_distance(x, y, "euclidean"),
-                               (torch.cdist(xn, yn) ** 2).float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(feature_distance(x, y, "sqeuclidean"),
+                               torch.cdist(xn, yn) ** 2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(feature_distance(x, y, "cosine", normalize=False),
-                               (1 - xn @ yn.T).float(), atol=1e-6, rtol=1e-6)
+                               1 - xn @ yn.T, atol=1e-6, rtol=1e-6)

@@ -119,11 +119,11 @@ def test_same_generator_state_same_output() -> None:
     assert len({o.sum().item() for o in outs}) > 1
 
 
-def test_test_transform_and_flip() -> None:
+def test_test_transform_normalises() -> None:
     cfg = make_cfg()
     img = image()
+    # Test-time flip is done on the batch by the feature extraction, not here.
     assert torch.allclose(EvalTransform(cfg)(img), norm(cfg, img))
-    assert torch.equal(EvalTransform(cfg, flip=True)(img), EvalTransform(cfg)(img).flip(2))
 
 
 def test_bad_erasing_area() -> None:
