@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from data.transforms import PART_COPY, PART_PLAIN
-from modeling.mscmnet_parts import (
+from modeling.methods.mscmnet.parts import (
     AUX_PART,
     MAIN_PART,
     Float32LayerNorm,
