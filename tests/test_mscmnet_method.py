@@ -1,6 +1,8 @@
 """MSCMNet as a method: its section, the four-stem front, the chain after layer3, QCT."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +14,8 @@ from modeling.methods.mscmnet.parts import (
     MultiScaleAttentionChain,
     quad_center_triplet,
 )
+from solver.optimizer import build_optimizer
+from solver.scheduler import WarmupSchedule
 from tests.helpers import SMALL
 from utils.config import load_config
 from utils.constants import INFRARED, VISIBLE
@@ -19,6 +23,7 @@ from utils.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+REPO = Path(__file__).resolve().parents[1]
 # 64x32 through resnet18: stem 16x8, layer1 16x8, layer2 8x4, layer3 4x2 (8 token dims).
 NET = [*SMALL, "DATA.SIZE_TRAIN", "64,32", "DATA.SIZE_TEST", "64,32", "MODEL.SHARED_FROM", "1",
        "MODEL.POOLING", "gem", "MODEL.GEM_LEARNABLE", "no", "AGW.NON_LOCAL_BLOCKS", "0,2,1,0",
@@ -121,3 +126,29 @@ def test_existing_networks_keep_their_keys():
     assert all(not k.startswith(("front.", "shared.layer3.attention"))
                for k in plain.state_dict())
     assert any(k.startswith("visible.stem.") for k in plain.state_dict())
+
+
+@pytest.mark.parametrize("dataset", ["sysumm", "regdb", "llcm"])
+def test_recipes_schedule_groups_and_targets(dataset):
+    cfg = load_config(REPO / "configs" / "mscmnet" / f"{dataset}.ini")
+    t = cfg.TRAIN
+    schedule = WarmupSchedule(t.SCHEDULER, 1, t.MAX_EPOCHS, t.WARMUP_EPOCHS, t.WARMUP_FACTOR,
+                              tuple(t.STEPS), t.GAMMA, 0.0, t.WARMUP_STEPWISE)
+    # The published per-epoch factor: 0.1 + 0.09 e for e < 10, then x0.1 at 25, 90, 120.
+    published = [0.1 + 0.09 * e if e < 10 else 0.1 ** sum(e >= m for m in (25, 90, 120))
+                 for e in range(150)]
+    assert t.MAX_EPOCHS == 150
+    assert [schedule(e) for e in range(150)] == pytest.approx(published, rel=1e-9)
+    small = load_config(REPO / "configs" / "mscmnet" / f"{dataset}.ini",
+                        [*SMALL, "DATA.SIZE_TRAIN", "64,32", "DATA.SIZE_TEST", "64,32",
+                         "MSCMNET.HEADS", "4", "AGW.NON_LOCAL_BLOCKS", "0,2,2,0"])
+    model = build_model(small, 3)
+    lrs = {g["name"]: g["lr"] for g in build_optimizer(small, model, torch.nn.Identity())
+           .param_groups}
+    assert lrs["new"] == pytest.approx(0.1) and lrs["inserted"] == pytest.approx(0.01)
+    assert lrs["backbone"] == pytest.approx(0.01)
+    # 6 ids x 4 images x 2 modalities, each in two views: 96 images a step.
+    assert 2 * cfg.DATA.TRAIN_BATCH_SIZE == 96 and cfg.DATA.SAMPLE_ID_INSTANCE == 4
+    assert (cfg.TARGET.R1, cfg.TARGET.MAP, cfg.TARGET.MINP) == (
+        (78.53, 74.20, 61.29) if dataset == "sysumm" else (-1, -1, -1))
+    assert bool(cfg.TARGET.SOURCE) == (dataset == "sysumm")
