@@ -152,3 +152,13 @@ def test_recipes_schedule_groups_and_targets(dataset):
     assert (cfg.TARGET.R1, cfg.TARGET.MAP, cfg.TARGET.MINP) == (
         (78.53, 74.20, 61.29) if dataset == "sysumm" else (-1, -1, -1))
     assert bool(cfg.TARGET.SOURCE) == (dataset == "sysumm")
+
+
+def test_bench_reduction_builds_mscmnet(tmp_path):
+    from tools.bench_recipes import reduced
+
+    cfg = reduced("mscmnet/regdb", tmp_path, tmp_path / "out", 0, 30)
+    assert (cfg.MSCMNET.HEADS, cfg.DATA.SIZE_TRAIN, cfg.MODEL.NAME) == (1, (64, 32), "resnet18")
+    assert cfg.DATA.VISIBLE_COPY and cfg.DATA.INFRARED_COPY
+    model = build_model(cfg, 3)
+    assert model.shared.layer3.attention.sizes == [(16, 8), (16, 8), (8, 4), (4, 2)]
