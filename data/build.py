@@ -3,11 +3,11 @@
 Every batch is ``{'img': (B, 3, H, W) float, 'pid': (B,) long, 'cam': (B,) long,
 'modality': (B,) long, 'index': (B,) long}``, ``index`` being the record's
 position in the list the loader was built on; training batches also hold
-``'part': (B,) long``, ``PART_COPY`` for the extra copies of visible images
-(DATA.VISIBLE_COPY), else ``PART_PLAIN``. Workers pass uint8 images; the
-loader normalises each batch (and applies the float augmentations) where it
-arrives: in this process, or on ``device`` when one is given, so that only
-uint8 pixels cross process boundaries and the PCIe bus.
+``'part': (B,) long``, ``PART_COPY`` for the extra copies of visible and
+infrared images (DATA.VISIBLE_COPY, DATA.INFRARED_COPY), else ``PART_PLAIN``.
+Workers pass uint8 images; the loader normalises each batch (and applies the
+float augmentations) where it arrives: in this process, or on ``device`` when
+one is given, so that only uint8 pixels cross process boundaries and the PCIe bus.
 
 A worker loads a whole batch per request (the image sets are indexed by a list
 of keys) and returns it already stacked: one uint8 tensor in shared memory and
@@ -147,18 +147,25 @@ class SeededBatches:
     worker that loads the sample, so augmentations are reproducible and
     resumable. With ``modalities`` (CAJ's joint batch) each batch becomes its
     visible images, a PART_COPY of each of them in the same order, then its
-    infrared images; without, the sampler's batch as it is.
+    infrared images; with ``infrared_copy`` too (MSCMNet's 2-view batch) a
+    PART_COPY of each infrared image follows them: V1, V2, I1, I2. Without
+    ``modalities``, the sampler's batch as it is.
 
     Args:
         sampler: the training sampler.
         modalities: modality of every record the sampler indexes, to add the
-            visible copies; None = no copies.
+            copies; None = no copies.
+        visible_copy: add the visible copies.
+        infrared_copy: add the infrared copies (their seeds continue the copies'
+            stream after the visible ones, so these keep theirs).
     """
 
     def __init__(self, sampler: CrossModalityIdentitySampler,
-                 modalities: Sequence[int] | None = None) -> None:
+                 modalities: Sequence[int] | None = None, visible_copy: bool = True,
+                 infrared_copy: bool = False) -> None:
         self.sampler = sampler
         self.modalities = modalities
+        self.visible_copy, self.infrared_copy = visible_copy, infrared_copy
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -173,9 +180,13 @@ class SeededBatches:
                 continue
             visible = [k for k in keys if self.modalities[k[0]] == VISIBLE]
             infrared = [k for k in keys if self.modalities[k[0]] != VISIBLE]
-            copy_seeds = sample_seeds(s.seed, s.epoch, s.rank, step, len(visible), PART_COPY)
+            copy_seeds = sample_seeds(s.seed, s.epoch, s.rank, step,
+                                      len(visible) + len(infrared), PART_COPY)
             copies = [(index, seed, PART_COPY) for (index, _, _), seed in zip(visible, copy_seeds)]
-            yield visible + copies + infrared
+            ir_copies = [(index, seed, PART_COPY) for (index, _, _), seed
+                         in zip(infrared, copy_seeds[len(visible):])]
+            yield ((visible + copies if self.visible_copy else visible) + infrared
+                   + (ir_copies if self.infrared_copy else []))
 
 
 class VIReIDLoader(DataLoader):
@@ -250,7 +261,8 @@ def make_train_loader(cfg: CfgNode, dataset: VIReIDDataset, rank: int | None = N
 
     Returns:
         (loader, sampler); batches hold 2 * P * K images (TRAIN_BATCH_SIZE per rank),
-        3 * P * K with DATA.VISIBLE_COPY (the sampler still draws 2 * P * K records).
+        3 * P * K with DATA.VISIBLE_COPY or DATA.INFRARED_COPY, 4 * P * K with both
+        (the sampler still draws 2 * P * K records).
     """
     if not dataset.train:
         raise UserError(f"{dataset.title()}: no training images (dataset read without them?)")
@@ -261,10 +273,11 @@ def make_train_loader(cfg: CfgNode, dataset: VIReIDDataset, rank: int | None = N
     transform = TrainTransform(cfg)
     store = _store(cfg, dataset.train, transform.size, "train", verbose)
     images = TrainImageSet(dataset.train, transform, store, cfg.DATA.RESIZE)
-    modalities = [r.modality for r in dataset.train] if cfg.DATA.VISIBLE_COPY else None
+    copies = cfg.DATA.VISIBLE_COPY or cfg.DATA.INFRARED_COPY
+    modalities = [r.modality for r in dataset.train] if copies else None
     device = None if device is None else torch.device(device)
-    loader = VIReIDLoader(images, _Finish(transform, device),
-                          sampler=SeededBatches(sampler, modalities), batch_size=None,
+    batches = SeededBatches(sampler, modalities, cfg.DATA.VISIBLE_COPY, cfg.DATA.INFRARED_COPY)
+    loader = VIReIDLoader(images, _Finish(transform, device), sampler=batches, batch_size=None,
                           collate_fn=_keep, **_loader_kwargs(cfg, device))
     return loader, sampler
 

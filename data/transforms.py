@@ -17,6 +17,7 @@ halves for one image.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from utils.registry import Registry
 # CAJ's gray channel on the normalised tensor.
 _GRAY = (0.2989, 0.5870, 0.1140)
 
-# Parts of a training batch: the sampled image, or the extra visible copy (DATA.VISIBLE_COPY).
+# Parts of a training batch: the sampled image, or its extra copy (DATA.VISIBLE_COPY,
+# DATA.INFRARED_COPY).
 PART_PLAIN, PART_COPY = 0, 1
 
 # PIL filters of DATA.RESIZE (LANCZOS is the former ANTIALIAS).
@@ -63,12 +65,50 @@ def _channel_adaptive_gray(rng: np.random.Generator, prob: float) -> int:
     return choice
 
 
-# DATA.CHANNEL_AUG_{VISIBLE,COPY,INFRARED} -> draw of the channel choice; only ``random``
-# uses DATA.CHANNEL_AUG_PROB. Module-level functions keep the transform picklable.
+# Channel choice of a rule that drew a 3x3 mixing matrix (``MatrixRule``).
+MATRIX = 4
+
+
+class MatrixRule:
+    """A channel rule drawing a 3x3 channel-mixing matrix M instead of a choice:
+    ``out[o] = sum_c M[o, c] * t[c]`` on the normalised tensor.
+
+    Args:
+        draw: ``draw(rng, prob)`` -> (3, 3) array or None (unchanged); a module-level
+            function, so that the transform stays picklable.
+    """
+
+    def __init__(self, draw: Callable[[np.random.Generator, float], np.ndarray | None]
+                 ) -> None:
+        self.draw = draw
+
+    def __call__(self, rng: np.random.Generator, prob: float) -> np.ndarray | None:
+        return self.draw(rng, prob)
+
+
+# DATA.CHANNEL_AUG_{VISIBLE,COPY,INFRARED,INFRARED_COPY} -> draw of the channel choice
+# (or a MatrixRule); only ``random`` uses DATA.CHANNEL_AUG_PROB. Module-level functions
+# keep the transform picklable.
 CHANNEL_RULES: Registry = Registry("DATA.CHANNEL_AUG_*", "channel rule", config_keys=(
-    "DATA.CHANNEL_AUG_VISIBLE", "DATA.CHANNEL_AUG_COPY", "DATA.CHANNEL_AUG_INFRARED"))
+    "DATA.CHANNEL_AUG_VISIBLE", "DATA.CHANNEL_AUG_COPY", "DATA.CHANNEL_AUG_INFRARED",
+    "DATA.CHANNEL_AUG_INFRARED_COPY"))
 CHANNEL_RULES.update({"none": _channel_none, "random": _channel_random,
                       "exchange": _channel_exchange, "adaptive_gray": _channel_adaptive_gray})
+
+# DATA.PIXEL_AUG_* -> ``op(img, rng)`` on the resized (H, W, 3) uint8 image before pad +
+# crop, or None (``none``: no draw). Methods register theirs (MSCMNet's grayscale and
+# brightness).
+PIXEL_RULES: Registry = Registry("DATA.PIXEL_AUG_*", "pixel rule", config_keys=(
+    "DATA.PIXEL_AUG_VISIBLE", "DATA.PIXEL_AUG_COPY", "DATA.PIXEL_AUG_INFRARED",
+    "DATA.PIXEL_AUG_INFRARED_COPY"))
+PIXEL_RULES["none"] = None
+
+
+def mix_channels(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) tensor, (3, 3) matrix -> ``out[o] = sum_c m[o, c] t[c]``, summed in
+    channel order."""
+    m = m.to(t.dtype)
+    return m[:, 0, None, None] * t[0] + m[:, 1, None, None] * t[1] + m[:, 2, None, None] * t[2]
 
 
 def load_image(path: str, size: tuple[int, int], resize: str = "bilinear") -> np.ndarray:
@@ -177,7 +217,17 @@ class TrainTransform:
         names = {(VISIBLE, PART_PLAIN): d.CHANNEL_AUG_VISIBLE,
                  (VISIBLE, PART_COPY): d.CHANNEL_AUG_COPY,
                  (INFRARED, PART_PLAIN): d.CHANNEL_AUG_INFRARED}
+        pixels = {(VISIBLE, PART_PLAIN): d.PIXEL_AUG_VISIBLE,
+                  (VISIBLE, PART_COPY): d.PIXEL_AUG_COPY,
+                  (INFRARED, PART_PLAIN): d.PIXEL_AUG_INFRARED}
+        if d.INFRARED_COPY:
+            names[(INFRARED, PART_COPY)] = d.CHANNEL_AUG_INFRARED_COPY
+            pixels[(INFRARED, PART_COPY)] = d.PIXEL_AUG_INFRARED_COPY
         self.channel_rules = {part: CHANNEL_RULES[name] for part, name in names.items()}
+        self.pixel_rules = {part: PIXEL_RULES[name] for part, name in pixels.items()}
+        # Matrix rules widen the parameters by the 9 matrix entries (as float64, which
+        # holds the integers and the float32 entries exactly).
+        self.matrices = any(isinstance(r, MatrixRule) for r in self.channel_rules.values())
         self.normalize = Normalize(cfg)
 
     def pad_crop(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -230,19 +280,24 @@ class TrainTransform:
             img: (H, W, 3) uint8, already resized to SIZE_TRAIN.
             modality: VISIBLE or INFRARED.
             rng: the sample's random generator (the only source of randomness).
-            part: PART_PLAIN, or PART_COPY for the extra copy of a visible image;
-                selects the channel rule.
+            part: PART_PLAIN, or PART_COPY for the extra copy of an image; selects
+                the pixel and channel rules.
 
         Returns:
             (3, H, W) uint8 tensor and the (5,) long parameters of ``finish``: the
             erasing box (y, x, height, width; height 0 = none) and the channel
-            choice (0..2 = R, G, B, 3 = gray, -1 = none).
+            choice (0..2 = R, G, B, 3 = gray, -1 = none, 4 = matrix); with a matrix
+            rule configured, (14,) float64: those and the 9 entries of the matrix
+            (zeros unless the choice is 4).
         """
         if img.shape[:2] != self.size:
             raise ValueError(f"expected a {self.size} image, got {img.shape[:2]}")
         rule = self.channel_rules.get((modality, part))
         if rule is None:
             raise ValueError(f"no channel rule for modality {modality}, part {part}")
+        pixel = self.pixel_rules[(modality, part)]
+        if pixel is not None:  # before pad + crop, as the published pipelines
+            img = pixel(img, rng)
         img = self.pad_crop(img, rng)
         if rng.random() < self.flip_prob:
             img = img[:, ::-1]
@@ -252,24 +307,36 @@ class TrainTransform:
         if rng.random() < self.re_prob:
             box = self.erase_box(*self.size, rng)
         channel = rule(rng, self.channel_prob)
-        return to_chw(img), torch.tensor([*box, channel], dtype=torch.long)
+        if not self.matrices:
+            return to_chw(img), torch.tensor([*box, channel], dtype=torch.long)
+        matrix = np.zeros(9)
+        if isinstance(channel, np.ndarray):
+            matrix, channel = channel.reshape(9), MATRIX
+        elif channel is None:
+            channel = NO_CHANNEL
+        return to_chw(img), torch.tensor([*box, channel, *matrix], dtype=torch.float64)
 
     def finish(self, imgs: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """The float half, once per batch: normalise, erase, channel augmentation.
 
         Args:
             imgs: (B, 3, H, W) uint8 from ``sample``, on any device.
-            params: (B, 5) long from ``sample``.
+            params: (B, 5) long or (B, 14) float64 from ``sample``.
 
         Returns:
             (B, 3, H, W) float32 on the device of ``imgs``.
         """
         t = self.normalize(imgs)
         fill = self.re_fill.to(t.device)
-        for i, (y, x, h, w, choice) in enumerate(params.tolist()):
+        matrices = params[:, 5:].float().view(-1, 3, 3).to(t.device)
+        for i, row in enumerate(params[:, :5].long().tolist()):
+            y, x, h, w, choice = row
             if h:
                 t[i, :, y:y + h, x:x + w] = fill
             if choice == NO_CHANNEL:
+                continue
+            if choice == MATRIX:
+                t[i] = mix_channels(t[i], matrices[i])
                 continue
             if choice < GRAY:
                 src = t[i, choice].clone()

@@ -269,7 +269,10 @@ class Trainer:
                   for k in ("pid", "modality", "cam", "part") if k in batch}
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp):
-            outputs = self.model(img, labels["modality"])
+            # The batch part reaches the network only when the batch has one (a
+            # method's front routes the copies through their own stems).
+            parts = (labels["part"],) if "part" in labels else ()
+            outputs = self.model(img, labels["modality"], *parts)
             loss, terms = self.criterion(outputs, labels)
         names = list(terms)
         # One host sync per step: the values are needed to stop on NaN before

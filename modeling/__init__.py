@@ -7,7 +7,7 @@ from layers.criterion import HEAD_TERMS
 from layers.pooling import GeneralizedMeanPooling, GlobalAvgPooling
 from modeling.backbone import BACKBONES, STAGES, Backbone
 from modeling.model import EvalFeature, VIReIDNet
-from modeling.stages import build_stages, feature_width
+from modeling.stages import build_front, build_stages, feature_width
 from modeling.warm_start import load_whole_model, read_model_checkpoint
 from utils.config import with_values
 
@@ -47,7 +47,8 @@ def build_model(cfg: CfgNode, num_classes: int) -> VIReIDNet:
                       head_dim=cfg.MODEL.HEAD_DIM if with_heads else None,
                       test_feat=EvalFeature(cfg.TEST.FEAT, cfg.TEST.VIEWS, cfg.TEST.NORM_EACH,
                                             tuple(cfg.TEST.PART_WEIGHTS)),
-                      neck_init_std=cfg.MODEL.NECK_INIT_STD)
+                      neck_init_std=cfg.MODEL.NECK_INIT_STD,
+                      front=build_front(cfg, stages))
     model.named_parameter_groups()  # every trainable parameter in a declared group
     if warm is not None:
         load_whole_model(model, warm, path)

@@ -1,4 +1,5 @@
-"""Turn a released AGW / CAJ / DEEN checkpoint into one of this project's checkpoints.
+"""Turn a released AGW / CAJ / DEEN / MSCMNet checkpoint into one of this project's
+checkpoints.
 
 The released files (``torch.save`` of ``{'net': state_dict, 'mAP', 'mINP', 'cmc',
 'epoch'}``) hold numpy scalars and arrays next to the weights; they are read
@@ -40,21 +41,26 @@ from utils.errors import UserError
 from utils.io import atomic_torch_save, load_tensor_file
 from utils.state import short_list
 
-SOURCES = ("agw", "caj", "deen")
-LABELS = {"agw": "AGW", "caj": "CAJ", "deen": "DEEN"}
+SOURCES = ("agw", "caj", "deen", "mscmnet")
+LABELS = {"agw": "AGW", "caj": "CAJ", "deen": "DEEN", "mscmnet": "MSCMNet"}
+# The published networks of each family and the sources that wrote them.
+FAMILY_SOURCES = {"agw": ("agw", "caj"), "deen": ("deen",), "mscmnet": ("mscmnet",)}
 RESAVE = "torch.save({'net': model.state_dict()}, path)"
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # The recipe file that builds each published network (AGW's and CAJ's are one; DEEN's
 # RegDB network stops after layer3 and has no MFA block after it); its keys that define
 # the network are the ones a config must have to import that network.
-NETWORK_RECIPES = {"agw": "agw/agw.ini", "deen": "deen/deen.ini", "deen-regdb": "deen/regdb.ini"}
+NETWORK_RECIPES = {"agw": "agw/agw.ini", "deen": "deen/deen.ini", "deen-regdb": "deen/regdb.ini",
+                   "mscmnet": "mscmnet/mscmnet.ini"}
 NETWORK_LABELS = {"agw": "AGW/CAJ's network (configs/agw/, configs/caj/)",
                   "deen": "DEEN's SYSU-MM01/LLCM network (configs/deen/deen.ini, sysumm.ini, "
                           "llcm.ini)",
-                  "deen-regdb": "DEEN's RegDB network (configs/deen/regdb.ini)"}
+                  "deen-regdb": "DEEN's RegDB network (configs/deen/regdb.ini)",
+                  "mscmnet": "MSCMNet's network (configs/mscmnet/)"}
 # The recipe whose TEST keys are each source's test-time feature, and which of them.
-TEST_RECIPES = {"agw": "agw/agw.ini", "caj": "caj/caj.ini", "deen": "deen/deen.ini"}
+TEST_RECIPES = {"agw": "agw/agw.ini", "caj": "caj/caj.ini", "deen": "deen/deen.ini",
+                "mscmnet": "mscmnet/mscmnet.ini"}
 TEST_FEATURE_KEYS = ("FEAT", "VIEWS", "PART_WEIGHTS", "NORM_EACH", "NORM", "DISTANCE", "FLIP",
                      "RERANK")
 
@@ -78,6 +84,8 @@ TEST_FEATURES = {
            "normalised again (CAJ's testa.py)",
     "deen": "pooled and BN vectors of the 3 embeddings, each L2-normalised and added to its "
             "mirror's, ranked by the sum of inner products (DEEN's test.py)",
+    "mscmnet": "the BN feature, L2-normalised, no flip (MSCMNet's test.py; its README's "
+               "figure)",
 }
 
 
@@ -133,7 +141,10 @@ def read_released(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
 
 
 def network_of(net: dict[str, torch.Tensor]) -> str | None:
-    """Which published network a state dict holds: agw (also CAJ's), deen, deen-regdb."""
+    """Which published network a state dict holds: agw (also CAJ's), deen, deen-regdb,
+    mscmnet."""
+    if any(k.startswith("layerATT") for k in net):
+        return "mscmnet"
     if any(k.startswith("DEE.") for k in net):
         return "deen" if any(k.startswith("MFA3.") for k in net) else "deen-regdb"
     if any(k.startswith("NL_") for k in net):
@@ -148,10 +159,10 @@ def check_network(source: str, network: str, cfg: CfgNode, where: str,
     Raises:
         UserError: the file holds another source's network, or a MODEL key differs.
     """
-    family = "deen" if network.startswith("deen") else "agw"
-    if (source == "deen") != (family == "deen"):
+    family = network.split("-")[0]
+    if source not in FAMILY_SOURCES[family]:
         raise UserError(f"--from {source}, but {file} holds {NETWORK_LABELS[network]}: "
-                        f"use --from {'deen' if family == 'deen' else 'agw or caj'}")
+                        f"use --from {' or '.join(FAMILY_SOURCES[family])}")
     wrong = [f"{key} = {format_value(now)} (expected {format_value(expected)})"
              for key, expected, now in network_differences(recipe(NETWORK_RECIPES[network]),
                                                            cfg)]
@@ -178,7 +189,7 @@ def convert(source: str, net: dict[str, torch.Tensor], cfg: CfgNode,
     """Fill the state dict of the config's network from a published state dict.
 
     Args:
-        source: agw, caj or deen.
+        source: agw, caj, deen or mscmnet.
         net: the published state dict (as ``read_released`` returns it).
         cfg: a config building the published network (MODEL.PRETRAIN_PATH ignored).
         where: how to name the config in errors.
@@ -211,12 +222,14 @@ def convert(source: str, net: dict[str, torch.Tensor], cfg: CfgNode,
                         f"{short_list(missing)}")
     shapes = [f"{pub} {tuple(net[pub].shape)} (expected {tuple(own[ours].shape)})"
               for ours, pub in table.items() if pub in net and net[pub].shape != own[ours].shape]
+    if shapes and network == "mscmnet" and "layerATT0.ln_1.weight" in net:
+        _check_attention_size(net, own, table, cfg, where, file)
     if shapes:
         raise UserError(f"{file}: shapes differ from {NETWORK_LABELS[network]}: "
                         f"{short_list(shapes)}")
     used = set(table.values())
     unused, unexpected = count_by_group([k for k in net if k not in used],
-                                        cfg.MODEL.LAST_STAGE)
+                                        cfg.MODEL.LAST_STAGE, network)
     if unexpected:
         raise UserError(f"{file} has {len(unexpected)} tensor(s) {NETWORK_LABELS[network]} "
                         f"has no place for: {short_list(unexpected)}")
@@ -231,6 +244,19 @@ def convert(source: str, net: dict[str, torch.Tensor], cfg: CfgNode,
     model.load_state_dict(state)  # strict: the table covers the network exactly
     return Conversion(state, num_classes, network, len(used & set(net)), unused,
                       [k for k in own_only if k in OWN_ONLY], zeroed)
+
+
+def _check_attention_size(net: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                          table: dict[str, str], cfg: CfgNode, where: str, file: str) -> None:
+    """Refuse, in one line, attention blocks built for another layer3 map than the config's."""
+    ours = next(k for k, pub in table.items() if pub == "layerATT0.ln_1.weight")
+    theirs, mine = int(net["layerATT0.ln_1.weight"].numel()), int(own[ours].numel())
+    if theirs != mine:
+        size = ",".join(map(str, cfg.DATA.SIZE_TRAIN))
+        raise UserError(f"{file}: its attention blocks take a layer3 map of {theirs} positions "
+                        f"(the published 384x192 input: 24x12 = 288); {where}'s DATA.SIZE_TRAIN "
+                        f"{size} gives {mine}: set DATA.SIZE_TRAIN and DATA.SIZE_TEST to the "
+                        "size the file was trained at")
 
 
 def set_test_keys(source: str, cfg: CfgNode) -> tuple[CfgNode, list[tuple[str, Any, Any]]]:
@@ -296,7 +322,7 @@ def import_checkpoint(source: str, src: str | os.PathLike, config: str | os.Path
     ``source`` (network, file, sha256, the file's own entries such as mAP).
 
     Args:
-        source: agw, caj or deen.
+        source: agw, caj, deen or mscmnet.
         src: the released file.
         config: an .ini building the published network (e.g. configs/agw/sysumm.ini).
         out: where to write the checkpoint (atomically).

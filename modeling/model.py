@@ -92,6 +92,9 @@ class VIReIDNet(nn.Module):
         head_dim: hidden width of the modality heads; None = no heads.
         test_feat: the eval-mode feature.
         neck_init_std: std of the BNNeck weight's normal init around 1 (0 = ones).
+        front: a method's module replacing the per-modality copies of the first
+            ``shared_from`` stages (``modeling.stages.FRONTS``): ``front(img, modality,
+            part)``; None = the copies.
 
     Attributes:
         views: embeddings per image: the product of the inserted modules'
@@ -100,10 +103,17 @@ class VIReIDNet(nn.Module):
 
     def __init__(self, stages: dict[str, nn.Module], shared_from: int, feat_dim: int,
                  num_classes: int, pool: nn.Module, fc_bias: bool, head_dim: int | None,
-                 test_feat: EvalFeature, neck_init_std: float = 0.0) -> None:
+                 test_feat: EvalFeature, neck_init_std: float = 0.0,
+                 front: nn.Module | None = None) -> None:
         super().__init__()
         names = list(STAGES)
+        if front is not None and not shared_from:
+            raise ValueError("a network front replaces modality-specific stages: "
+                             "shared_from must be at least 1")
         specific = OrderedDict((n, stages[n]) for n in names[:shared_from])
+        if front is not None:
+            self.front = front
+            specific = OrderedDict()
         self.visible = nn.Sequential(specific) if specific else None
         self.infrared = copy.deepcopy(self.visible) if specific else None
         self.shared = nn.Sequential(OrderedDict((n, stages[n]) for n in names[shared_from:]))
@@ -149,9 +159,11 @@ class VIReIDNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def forward(self, img: torch.Tensor,
-                modality: torch.Tensor) -> dict[str, torch.Tensor | int] | torch.Tensor:
-        """Args: img (B, 3, H, W); modality (B,) long, 0 visible / 1 infrared.
+    def forward(self, img: torch.Tensor, modality: torch.Tensor,
+                part: torch.Tensor | None = None) -> dict[str, torch.Tensor | int] | torch.Tensor:
+        """Args: img (B, 3, H, W); modality (B,) long, 0 visible / 1 infrared; part (B,)
+        long, the batch part of each training image (``data.transforms.PART_PLAIN`` /
+        ``PART_COPY``), used only by a method's front (``front``).
 
         Returns:
             train mode: ``{'feat': (V*B, D) pooled, 'bn_feat': (V*B, D), 'logits': (V*B, C),
@@ -165,7 +177,10 @@ class VIReIDNet(nn.Module):
         """
         ctx = StageContext()
         x = img
-        if self.visible is not None:
+        if getattr(self, "front", None) is not None:
+            x = self.front(img, modality, part)
+            ctx.taps[self._front_name] = x
+        elif self.visible is not None:
             x = self._specific(img, modality)
             ctx.taps[self._front_name] = x
         feat = self.pool(run_stages(self.shared, x, ctx))

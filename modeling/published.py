@@ -1,7 +1,9 @@
 """Where the published AGW / CAJ and DEEN networks keep each tensor of ours.
 
 AGW and CAJ share one network (``embed_net`` of mangye16/Cross-Modal-Re-ID-baseline);
-DEEN's (ZYK100/LLCM, ``DEEN/model.py``) adds MFA blocks and the expansion. Their
+DEEN's (ZYK100/LLCM, ``DEEN/model.py``) adds MFA blocks and the expansion; MSCMNet's
+(Hua-XC/MSCMNet) has four stems and the attention blocks after layer3, whose keys
+``modeling.methods.mscmnet.parts.published_key_table`` maps (five ResNet-50s). Their
 state dicts hold three whole ResNet-50s: ``visible_module.visible``,
 ``thermal_module.thermal`` (of which only the stem, conv1 + bn1, runs) and
 ``base_resnet.base`` (of which only layer1..layer4 run).
@@ -26,6 +28,8 @@ from __future__ import annotations
 import re
 
 from modeling.methods.deen.modules import MFA, DiverseEmbeddingExpansion
+from modeling.methods.mscmnet.parts import published_key_table as mscmnet_key_table
+from modeling.methods.mscmnet.parts import unused_group as mscmnet_unused_group
 from modeling.model import VIReIDNet
 from modeling.stages import Stage
 
@@ -45,6 +49,8 @@ _BASE_LAYER = re.compile(r"^base_resnet\.base\.layer([1-4])\.")
 
 def _prefix_rules(model: VIReIDNet) -> list[tuple[str, str]]:
     """(our key prefix, published key prefix) pairs covering the whole network."""
+    if getattr(model, "front", None) is not None:  # MSCMNet's four stems
+        return _shared_rules(model)
     if model.visible is None or list(model.visible._modules) != ["stem"]:
         raise ValueError("the published networks have modality-specific stems only "
                          "(MODEL.SHARED_FROM = 1)")
@@ -52,6 +58,12 @@ def _prefix_rules(model: VIReIDNet) -> list[tuple[str, str]]:
              ("visible.stem.1.", "visible_module.visible.bn1."),
              ("infrared.stem.0.", "thermal_module.thermal.conv1."),
              ("infrared.stem.1.", "thermal_module.thermal.bn1.")]
+    return rules + _shared_rules(model)
+
+
+def _shared_rules(model: VIReIDNet) -> list[tuple[str, str]]:
+    """The rules of the shared layers, the BNNeck and the classifier."""
+    rules = []
     for i in range(1, 5):
         root = f"shared.layer{i}"
         for name, module in model.get_submodule(root).named_modules():
@@ -94,7 +106,10 @@ def key_table(model: VIReIDNet) -> tuple[dict[str, str], list[str]]:
     rules = sorted(_prefix_rules(model), key=lambda r: len(r[0]), reverse=True)
     table: dict[str, str] = {}
     own_only: list[str] = []
-    for key in model.state_dict():
+    keys = list(model.state_dict())
+    if getattr(model, "front", None) is not None:  # MSCMNet's four stems and attention
+        table, keys = mscmnet_key_table(model)
+    for key in keys:
         rule = next((r for r in rules if key.startswith(r[0])), None)
         if rule is None:
             own_only.append(key)
@@ -103,13 +118,16 @@ def key_table(model: VIReIDNet) -> tuple[dict[str, str], list[str]]:
     return table, own_only
 
 
-def unused_group(key: str, last_stage: int) -> str | None:
+def unused_group(key: str, last_stage: int, network: str = "") -> str | None:
     """The group of a published tensor that is built but never run (None otherwise).
 
     Args:
         key: a published state-dict key.
         last_stage: the last ResNet layer the network runs (DEEN's RegDB network: 3).
+        network: the published network (``mscmnet`` has its own groups).
     """
+    if network == "mscmnet":
+        return mscmnet_unused_group(key)
     for pattern, label in _UNUSED:
         match = pattern.match(key)
         if match:
@@ -121,12 +139,13 @@ def unused_group(key: str, last_stage: int) -> str | None:
     return None
 
 
-def count_by_group(keys: list[str], last_stage: int) -> tuple[dict[str, int], list[str]]:
+def count_by_group(keys: list[str], last_stage: int,
+                   network: str = "") -> tuple[dict[str, int], list[str]]:
     """Sort unused published keys into the expected groups; return (counts, unexpected)."""
     groups: dict[str, int] = {}
     unexpected: list[str] = []
     for key in keys:
-        group = unused_group(key, last_stage)
+        group = unused_group(key, last_stage, network)
         if group is None:
             unexpected.append(key)
         else:

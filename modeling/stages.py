@@ -80,6 +80,42 @@ class Insertion:
 INSERTIONS: Registry = Registry("insertion", "inserted module", config_keys=())
 
 
+@dataclass(frozen=True)
+class Front:
+    """How a method replaces the modality-specific front (the first MODEL.SHARED_FROM
+    stages, one copy per modality).
+
+    Attributes:
+        build: ``build(cfg, stages)`` with the five stages by name -> None (the
+            method is off in this config) or a module called
+            ``front(img, modality, part)`` -> the output of the stage before the shared
+            ones, (B, C, h, w), in batch order. ``part`` (B,) is the batch part of each
+            image (``data.transforms.PART_PLAIN`` / ``PART_COPY``) in training, None at
+            test time. The module's parameters need ``lr_group`` attributes.
+    """
+
+    build: Callable[[CfgNode, dict[str, nn.Module]], nn.Module | None]
+
+
+# Name -> a front a method builds instead of the per-modality copies; at most one
+# entry may build a module for a config.
+FRONTS: Registry = Registry("front", "network front", config_keys=())
+
+
+def build_front(cfg: CfgNode, stages: dict[str, nn.Module]) -> nn.Module | None:
+    """The front a registered method builds for ``cfg`` (None = the per-modality copies).
+
+    Raises:
+        UserError: two methods build a front for the same config.
+    """
+    built = [(name, module) for name, spec in FRONTS.items()
+             if (module := spec.build(cfg, stages)) is not None]
+    if len(built) > 1:
+        raise UserError(f"two network fronts asked at once: {', '.join(n for n, _ in built)}; "
+                        "choose one")
+    return built[0][1] if built else None
+
+
 class Stage(nn.Module):
     """A backbone stage (``blocks``) with modules after some of its blocks.
 

@@ -33,12 +33,13 @@ def three_resnets() -> dict[str, tuple[int, ...]]:
             **resnet50("base_resnet.base")}
 
 
-def non_local(p: str, c: int) -> dict[str, tuple[int, ...]]:
-    """AGW's Non_local(c): inter_channels 1; g is a Sequential, W = conv + BN."""
-    return {f"{p}.g.0.weight": (1, c, 1, 1), f"{p}.g.0.bias": (1,),
-            f"{p}.W.0.weight": (c, 1, 1, 1), f"{p}.W.0.bias": (c,), **bn(f"{p}.W.1", c),
-            f"{p}.theta.weight": (1, c, 1, 1), f"{p}.theta.bias": (1,),
-            f"{p}.phi.weight": (1, c, 1, 1), f"{p}.phi.bias": (1,)}
+def non_local(p: str, c: int, i: int = 1) -> dict[str, tuple[int, ...]]:
+    """AGW's Non_local(c): inter_channels i = 1 (MSCMNet's: c // 2); g is a Sequential,
+    W = conv + BN."""
+    return {f"{p}.g.0.weight": (i, c, 1, 1), f"{p}.g.0.bias": (i,),
+            f"{p}.W.0.weight": (c, i, 1, 1), f"{p}.W.0.bias": (c,), **bn(f"{p}.W.1", c),
+            f"{p}.theta.weight": (i, c, 1, 1), f"{p}.theta.bias": (i,),
+            f"{p}.phi.weight": (i, c, 1, 1), f"{p}.phi.bias": (i,)}
 
 
 def agw_keys(classes: int) -> dict[str, tuple[int, ...]]:
@@ -122,3 +123,42 @@ SPOT_CHECKS = {
                    "shared.layer2.dee.branches.1.dilated.0.weight": "DEE.FC21.weight",
                    "shared.layer3.blocks.0.conv1.weight": "base_resnet.base.layer3.0.conv1.weight"},
 }
+
+
+def mscmnet_parts(channels: tuple[int, ...], size: tuple[int, int]
+                  ) -> dict[str, tuple[int, ...]]:
+    """The published stems (four ResNet-50s and the base's stem), attention blocks and
+    dead modules, key -> shape, from the facts' shape table."""
+    keys = {}
+    for prefix in ("visible_module.visible", "visible_moduleA.visible",
+                   "thermal_module.thermal", "thermal_moduleA.thermal"):
+        keys.update(resnet50(prefix))
+    keys.update({k: v for k, v in resnet50("base_resnet.base").items()
+                 if k.startswith(("base_resnet.base.conv1.", "base_resnet.base.bn1."))})
+    c3, e = channels[3], size[0] * size[1]
+    w = c3 // 4
+    for i, cl in enumerate(channels):
+        p = f"layerATT{i}"
+        keys.update({f"{p}.ATT_narrow.weight": (w, c3, 1, 1), f"{p}.ATT_narrow.bias": (w,),
+                     f"{p}.ATT_broad.weight": (c3, w, 1, 1), f"{p}.ATT_broad.bias": (c3,),
+                     f"{p}.attn.in_proj_weight": (3 * e, e), f"{p}.attn.in_proj_bias": (3 * e,),
+                     f"{p}.attn.out_proj.weight": (e, e), f"{p}.attn.out_proj.bias": (e,),
+                     f"{p}.mlp.c_fc.weight": (4 * e, e), f"{p}.mlp.c_fc.bias": (4 * e,),
+                     f"{p}.mlp.c_proj.weight": (e, 4 * e), f"{p}.mlp.c_proj.bias": (e,),
+                     f"{p}.ATT_narrow1.weight": (w, cl, 6, 6), f"{p}.ATT_narrow1.bias": (w,),
+                     f"{p}.ATT_narrow2.weight": (w, cl, 4, 4), f"{p}.ATT_narrow2.bias": (w,)})
+        keys.update({f"{p}.{ln}.{t}": (e,) for ln in ("ln_1", "ln_2", "ln_1o")
+                     for t in ("weight", "bias")})
+    keys["local_conv.weight"] = (128, 64, 1, 1)
+    keys.update(bn("feat_bn2d", 128))
+    return keys
+
+
+def mscmnet_keys(classes: int, size: tuple[int, int] = (24, 12)) -> dict[str, tuple[int, ...]]:
+    """MSCMNet's embed_net for a ``size`` layer3 map (published 24 x 12): five ResNet-50s,
+    NL blocks of inner width C/2, four layerATT blocks, the dead modules, the head."""
+    keys = {**resnet50("base_resnet.base"), **mscmnet_parts((64, 256, 512, 1024), size)}
+    for name, c in (("NL_2.0", 512), ("NL_2.1", 512), ("NL_3.0", 1024), ("NL_3.1", 1024),
+                    ("NL_3.2", 1024)):
+        keys.update(non_local(name, c, c // 2))
+    return {**keys, **bn("bottleneck", 2048), "classifier.weight": (classes, 2048)}

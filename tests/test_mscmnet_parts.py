@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from data.transforms import PART_COPY, PART_PLAIN
-from modeling.mscmnet_parts import (
+from modeling.methods.mscmnet.parts import (
     AUX_PART,
     MAIN_PART,
     Float32LayerNorm,
@@ -22,7 +22,7 @@ from modeling.mscmnet_parts import (
     stage_sizes,
     unused_group,
 )
-from tests.published_tables import bn, resnet50
+from tests.published_tables import mscmnet_parts as published_parts
 from utils.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -312,34 +312,6 @@ def test_qct_rejects_identities_without_both_modalities():
         quad_center_triplet(feat[:6], pid[:6], torch.tensor([0, 0, 0, 0, 1, 0]))
     with pytest.raises(ValueError, match="at least two identities"):
         quad_center_triplet(feat[::2], pid[::2], mod[::2])
-
-
-def published_parts(channels, size) -> dict[str, tuple[int, ...]]:
-    """The published stems (four ResNet-50s and the base's stem), attention blocks and
-    dead modules, key -> shape, from the facts' shape table."""
-    keys = {}
-    for prefix in ("visible_module.visible", "visible_moduleA.visible",
-                   "thermal_module.thermal", "thermal_moduleA.thermal"):
-        keys.update(resnet50(prefix))
-    keys.update({k: v for k, v in resnet50("base_resnet.base").items()
-                 if k.startswith(("base_resnet.base.conv1.", "base_resnet.base.bn1."))})
-    c3, e = channels[3], size[0] * size[1]
-    w = c3 // 4
-    for i, cl in enumerate(channels):
-        p = f"layerATT{i}"
-        keys.update({f"{p}.ATT_narrow.weight": (w, c3, 1, 1), f"{p}.ATT_narrow.bias": (w,),
-                     f"{p}.ATT_broad.weight": (c3, w, 1, 1), f"{p}.ATT_broad.bias": (c3,),
-                     f"{p}.attn.in_proj_weight": (3 * e, e), f"{p}.attn.in_proj_bias": (3 * e,),
-                     f"{p}.attn.out_proj.weight": (e, e), f"{p}.attn.out_proj.bias": (e,),
-                     f"{p}.mlp.c_fc.weight": (4 * e, e), f"{p}.mlp.c_fc.bias": (4 * e,),
-                     f"{p}.mlp.c_proj.weight": (e, 4 * e), f"{p}.mlp.c_proj.bias": (e,),
-                     f"{p}.ATT_narrow1.weight": (w, cl, 6, 6), f"{p}.ATT_narrow1.bias": (w,),
-                     f"{p}.ATT_narrow2.weight": (w, cl, 4, 4), f"{p}.ATT_narrow2.bias": (w,)})
-        keys.update({f"{p}.{ln}.{t}": (e,) for ln in ("ln_1", "ln_2", "ln_1o")
-                     for t in ("weight", "bias")})
-    keys["local_conv.weight"] = (128, 64, 1, 1)
-    keys.update(bn("feat_bn2d", 128))
-    return keys
 
 
 @pytest.mark.parametrize("input_hw, channels, heads", [((96, 48), R18, 6),

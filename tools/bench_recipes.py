@@ -1,16 +1,19 @@
-"""Learning check of the paper recipes: DEEN against AGW as configured, at reduced size.
+"""Learning check of the paper recipes: DEEN, MSCMNet and AGW as configured, at reduced size.
 
-Both configs (``configs/deen/regdb.ini``, ``configs/agw/regdb.ini``) train on the
+The configs (``configs/deen/regdb.ini``, ``configs/agw/regdb.ini``,
+``configs/mscmnet/regdb.ini``, ...) train on the
 project's synthetic RegDB with everything that makes them what they are
 (network, losses, batch shape, augmentations, optimizer groups, per-epoch
-warmup, test feature) and only these reductions, the same for both: a
+warmup, test feature) and only these reductions, the same for all: a
 ResNet-18 from scratch instead of an ImageNet ResNet-50 (AGW's non-local blocks
-then 1 after layer2 and 1 after layer3, as ResNet-18 stages have 2 blocks),
+then 1 after layer2 and 1 after layer3, as ResNet-18 stages have 2 blocks;
+MSCMNet's attention blocks built for the 4x2 layer3 map with 1 head of 8 dims),
 64x32 images (padding 4), the same number of steps, and each schedule's epochs
 (warmup, decays, length) scaled in proportion to it. Each figure is the mean
 and sample std of R1 visible->thermal (trial 1) over ``--seeds`` seeds.
 
-    python tools/bench_recipes.py [--seeds 2] [--steps 300] [--recipes deen/regdb agw/regdb]
+    python tools/bench_recipes.py [--seeds 2] [--steps 300]
+                                  [--recipes deen/regdb agw/regdb mscmnet/regdb]
                                   [--set KEY VALUE ...]
 
 ``--set KEY VALUE`` (repeatable) changes every recipe before it is reduced, an
@@ -40,6 +43,19 @@ from utils.errors import cli_entry  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 15  # steps per (reduced) epoch
+SIZE = (64, 32)  # reduced input (height, width)
+RESNET_STRIDES = (4, 1, 2, 2, 1)  # stem, layer1..layer4 (LAST_STRIDE 1)
+
+
+def attention_heads(size: tuple[int, int], published: int = 32) -> int:
+    """MSCMNet's head count at a reduced size: the most heads dividing the layer3 map's
+    positions whose width stays at least the published 9 (288 / 32), else 1."""
+    from modeling.methods.mscmnet.parts import layer3_size
+
+    h, w = layer3_size(size, RESNET_STRIDES)
+    dims, width = h * w, 288 // published
+    fits = [k for k in range(1, dims + 1) if dims % k == 0 and dims // k >= width]
+    return max(fits) if fits else 1
 
 
 def reduced(name: str, root: Path, out: Path, seed: int, steps: int,
@@ -52,7 +68,8 @@ def reduced(name: str, root: Path, out: Path, seed: int, steps: int,
     scale = epochs / full.TRAIN.MAX_EPOCHS
     milestones = sorted({max(1, round(s * scale)) for s in full.TRAIN.STEPS} - {epochs})
     overrides = [
-        "DATA.ROOT", str(root), "DATA.SIZE_TRAIN", "64,32", "DATA.SIZE_TEST", "64,32",
+        "DATA.ROOT", str(root), "DATA.SIZE_TRAIN", ",".join(map(str, SIZE)),
+        "DATA.SIZE_TEST", ",".join(map(str, SIZE)),
         "DATA.PADDING", "4", "DATA.RESIZE", "bilinear", "DATA.NUM_WORKERS", "0",
         "DATA.VERIFY_IMAGES", "no", "MODEL.NAME", "resnet18", "MODEL.DEVICE", "cpu",
         "TRAIN.SEED", str(seed), "TRAIN.MAX_EPOCHS", str(epochs),
@@ -64,6 +81,8 @@ def reduced(name: str, root: Path, out: Path, seed: int, steps: int,
         "TRAIN.OUTPUT_PATH", str(out)]
     if any(full.AGW.NON_LOCAL_BLOCKS):
         overrides += ["AGW.NON_LOCAL_BLOCKS", "0, 1, 1, 0"]
+    if full.MSCMNET.ATTENTION:
+        overrides += ["MSCMNET.HEADS", str(attention_heads(SIZE, full.MSCMNET.HEADS))]
     return load_config(REPO / "configs" / f"{name}.ini", [*base, *overrides])
 
 
@@ -112,12 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tools/bench_recipes.py", description=__doc__.splitlines()[0],
         examples=[
             "python tools/bench_recipes.py --recipes deen_regdb agw_regdb --seeds 2",
+            "python tools/bench_recipes.py --recipes mscmnet/regdb agw/regdb --seeds 2",
             "python tools/bench_recipes.py --recipes deen_regdb --set TRAIN.STEPS '20, 50' "
             "--set TRAIN.MAX_EPOCHS 81",
         ])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--recipes", nargs="+", default=["deen/regdb", "agw/regdb"])
+    parser.add_argument("--recipes", nargs="+",
+                        default=["deen/regdb", "mscmnet/regdb", "agw/regdb"])
     parser.add_argument("--set", nargs=2, action="append", default=[],
                         metavar=("KEY", "VALUE"),
                         help="change every recipe before the reduction (repeatable)")

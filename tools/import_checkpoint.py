@@ -1,12 +1,12 @@
-"""Import a released AGW, CAJ or DEEN model as a checkpoint of this project.
+"""Import a released AGW, CAJ, DEEN or MSCMNet model as a checkpoint of this project.
 
-    python tools/import_checkpoint.py --from agw|caj|deen SRC --config CONFIG --out DST.pth
+    python tools/import_checkpoint.py --from agw|caj|deen|mscmnet SRC --config CONFIG --out DST.pth
         [KEY VALUE ...]
 
 SRC is the authors' file ({'net': state_dict, 'mAP', 'cmc', 'epoch', ...}, or a
-bare state dict); CONFIG one building their network (configs/agw_*.ini,
-caj_*.ini, deen_*.ini). DST works with test.py, and as MODEL.PRETRAIN_PATH to
-fine-tune the whole network.
+bare state dict); CONFIG one building their network (configs/agw/*.ini,
+caj/*.ini, deen/*.ini, mscmnet/*.ini). DST works with test.py, and as
+MODEL.PRETRAIN_PATH to fine-tune the whole network.
 """
 from __future__ import annotations
 
@@ -30,11 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
             "configs/agw_sysumm.ini --out output/published/agw_sysumm.pth",
             "python tools/import_checkpoint.py --from deen regdb_deen_trial_3_best.t --config "
             "configs/deen_regdb.ini --out output/published/deen_regdb_trial_3.pth DATA.TRIAL 3",
+            "python tools/import_checkpoint.py --from mscmnet "
+            "sysu_mscm_p4_n6_lr_0.1_seed_0_best.t --config configs/mscmnet/sysumm.ini "
+            "--out output/published/mscmnet_sysumm.pth",
         ],
-        description="Convert a released AGW / CAJ / DEEN checkpoint into this project's "
+        description="Convert a released AGW / CAJ / DEEN / MSCMNet checkpoint into this "
+                    "project's "
                     "checkpoint format (for test.py and MODEL.PRETRAIN_PATH).",
         notes="Overrides are KEY VALUE pairs applied to --config, e.g. DATA.TRIAL 3.")
-    p.add_argument("--from", dest="source", required=True, choices=("agw", "caj", "deen"),
+    p.add_argument("--from", dest="source", required=True,
+                   choices=("agw", "caj", "deen", "mscmnet"),
                    help="whose code wrote SRC (AGW and CAJ share one network; the test-time "
                         "feature differs)")
     p.add_argument("src", metavar="SRC", help="the released file")

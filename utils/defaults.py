@@ -53,6 +53,16 @@ DEFAULTS.DATA.CHANNEL_AUG_VISIBLE = "random"
 DEFAULTS.DATA.CHANNEL_AUG_COPY = "exchange"
 # Channel rule of infrared images; choices as CHANNEL_AUG_VISIBLE.
 DEFAULTS.DATA.CHANNEL_AUG_INFRARED = "random"
+# Channel rule of the infrared copies (INFRARED_COPY); choices as CHANNEL_AUG_VISIBLE, plus the methods' matrix rules (MSCMNet's green_or_gray, channel_scale).
+DEFAULTS.DATA.CHANNEL_AUG_INFRARED_COPY = "none"
+# Pixel rule of visible images, on the resized uint8 image before pad and crop: none, or one a method registers (MSCMNet's grayscale: RandomGrayscale(0.5); brightness: ColorJitter(brightness=0.5)).
+DEFAULTS.DATA.PIXEL_AUG_VISIBLE = "none"
+# Pixel rule of the visible copies (VISIBLE_COPY); choices as PIXEL_AUG_VISIBLE.
+DEFAULTS.DATA.PIXEL_AUG_COPY = "none"
+# Pixel rule of infrared images; choices as PIXEL_AUG_VISIBLE.
+DEFAULTS.DATA.PIXEL_AUG_INFRARED = "none"
+# Pixel rule of the infrared copies (INFRARED_COPY); choices as PIXEL_AUG_VISIBLE.
+DEFAULTS.DATA.PIXEL_AUG_INFRARED_COPY = "none"
 # Per-channel normalisation mean (RGB order).
 DEFAULTS.DATA.NORMALIZATION_MEAN = (0.485, 0.456, 0.406)
 # Per-channel normalisation standard deviation (RGB order).
@@ -65,6 +75,8 @@ DEFAULTS.DATA.TRAIN_BATCH_SIZE = 64
 DEFAULTS.DATA.SAMPLE_ID_INSTANCE = 4
 # CAJ's joint batch: each visible image of a step is loaded again as an independently augmented visible copy (rule CHANNEL_AUG_COPY, part 1 in the batch's part tensor); TRAIN_BATCH_SIZE keeps its meaning, so a step holds 1.5 x TRAIN_BATCH_SIZE images: visible, their copies in the same order, infrared.
 DEFAULTS.DATA.VISIBLE_COPY = False
+# MSCMNet's 2-view batch: each infrared image of a step is loaded again as an independently augmented infrared copy (rules CHANNEL_AUG_INFRARED_COPY, PIXEL_AUG_INFRARED_COPY; part 1); with VISIBLE_COPY a step holds 2 x TRAIN_BATCH_SIZE images: visible, their copies, infrared, their copies.
+DEFAULTS.DATA.INFRARED_COPY = False
 # Images per batch for feature extraction.
 DEFAULTS.DATA.TEST_BATCH_SIZE = 128
 # Decode and resize every image once into a memory-mapped uint8 store, reused by later epochs and runs.
