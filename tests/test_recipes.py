@@ -35,7 +35,8 @@ NO_WEIGHTS = ["MODEL.PRETRAIN_PATH", "", "MODEL.DEVICE", "cpu"]
 
 
 def config(name: str, *overrides: str):
-    return load_config(REPO / "configs" / f"{name}.ini", [*NO_WEIGHTS, *overrides])
+    path = REPO / "configs" / f"{name.replace('_', '/', 1)}.ini"  # agw_regdb: agw/regdb.ini
+    return load_config(path, [*NO_WEIGHTS, *overrides])
 
 
 def modules(model, kind):
@@ -207,13 +208,13 @@ def test_deen_test_feature_is_six_normalised_parts_with_their_mirrors():
 
 
 def test_deen_keys_check_the_network():
-    with pytest.raises(UserError, match="MODEL.DEE_AFTER = 1 must be a shared stage: 2..4"):
+    with pytest.raises(UserError, match="DEEN.AFTER = 1 must be a shared stage: 2..4"):
         config("deen_sysumm", "MODEL.SHARED_FROM", "2", "MODEL.DEE_AFTER", "1")
-    with pytest.raises(UserError, match="MODEL.MFA = 0, 1, 0, 1 must be 4 flags .* none "
+    with pytest.raises(UserError, match="DEEN.MFA = 0, 1, 0, 1 must be 4 flags .* none "
                                         "after layer3"):
         config("deen_regdb", "MODEL.MFA", "0, 1, 0, 1")
     with pytest.raises(UserError, match="LOSS.TERMS has cpm, which needs expanded embeddings: "
-                                        "MODEL.DEE_BRANCHES >= 1"):
+                                        "DEEN.BRANCHES >= 1"):
         build_criterion(config("agw_regdb", "LOSS.TERMS", "id, cpm"), 4, 8)
     with pytest.raises(UserError, match="LOSS.TERMS has orth, which needs .* >= 2"):
         build_criterion(config("deen_regdb", "MODEL.DEE_BRANCHES", "1"), 4, 8)

@@ -84,7 +84,7 @@ def test_deen_flip_feature_is_the_sum_of_normalised_parts_of_image_and_mirror(on
 
 
 # -------------------------------------------------------------------- targets
-def test_target_record_only_for_the_trained_dataset_and_the_headline_setting():
+def test_target_record_only_for_the_trained_dataset_and_an_evaluated_setting():
     results = {"dataset": "regdb",
                "headline": {"setting": "visible-to-thermal", "R1": 50.25, "mAP": 40.5,
                             "mINP": 20.0}}
@@ -99,6 +99,9 @@ def test_target_record_only_for_the_trained_dataset_and_the_headline_setting():
     assert target_record(cfg, results, trained_on="sysumm") is None
     other = load_config(None, [*TARGET, "TARGET.SETTING", "thermal-to-visible"])
     assert target_record(other, results) is None
+    # A target of another setting the protocol evaluated (RegDB's thermal-to-visible).
+    both = {**results, "settings": {"thermal-to-visible": {"mean": {"R1": 60.0, "mAP": 50.0}}}}
+    assert target_record(other, both)["figures"]["R1"]["obtained"] == 60.0
 
 
 # ------------------------------------------------------------- environment
