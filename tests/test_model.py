@@ -40,7 +40,7 @@ def test_output_shapes_for_every_shared_from(shared_from):
     out = model(img, modality)
     maps = set(STAGES[max(shared_from - 1, 0):])  # every stage's map: the front's last, then all
     assert set(out) == {"feat", "bn_feat", "logits", "head_logits", "views"} | maps
-    assert out["views"] == 1 and out["layer4"].shape == (4, 512, 2, 2)
+    assert out["views"] == 1 and out["layer4"].shape == (4, 512, 4, 2)  # 64x32, last stride 1
     assert out["feat"].shape == out["bn_feat"].shape == (4, 512)
     assert out["logits"].shape == (4, 5)
     assert out["head_logits"].shape == (2, 4, 5)
