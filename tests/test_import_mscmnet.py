@@ -23,8 +23,7 @@ from data.transforms import Normalize, load_image, to_chw
 from engine.checkpoint import load_checkpoint
 from engine.tester import load_model
 from modeling import build_model
-from modeling.importer import convert
-from modeling.importer import published_test_keys
+from modeling.importer import convert, published_test_keys
 from modeling.published import key_table
 from tests.test_import_checkpoint import IMPORT_TOOL, TEST_SCRIPT, released_file
 from utils.config import config_from_ini_text, load_config

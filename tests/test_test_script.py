@@ -174,7 +174,7 @@ def test_visualize_writes_cmc_and_ranked_sheets(sysu_ckpt, tmp_path, monkeypatch
                          "--output", str(tmp_path / "r.json"))
     assert code == 0, err
     gap = json.loads((tmp_path / "r.json").read_text())["modality_gap"]
-    assert gap["embedding"] in ("tsne", "pca") and gap["distance"] == "euclidean"
+    assert gap["embedding"] in ("tsne", "pca") and gap["distance"] == "sqeuclidean"
     assert gap["gap"] == pytest.approx(gap["diff_mean"] - gap["same_mean"], abs=1e-5)
     assert gap["same_pairs"] > 0 and gap["diff_pairs"] > 0
     cmc = Image.open(tmp_path / "pics" / "cmc.png")

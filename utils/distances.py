@@ -34,7 +34,8 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None,
         (M, N) float32 distances.
     """
     x = x.float()
-    y = x if y is None else y.float()
+    same = y is None  # one set: its squared norms are computed once and shared
+    y = x if same else y.float()
     if metric == "cosine":
         return (1.0 - F.normalize(x, dim=1) @ F.normalize(y, dim=1).t()).clamp(min=0.0)
     if metric == "dot":
@@ -42,7 +43,7 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None,
     if metric not in METRICS:
         raise ValueError(f"unknown distance {metric!r}; expected one of {', '.join(METRICS)}")
     sq_x = x.pow(2).sum(dim=1)
-    sq_y = sq_x if y is x else y.pow(2).sum(dim=1)
+    sq_y = sq_x if same else y.pow(2).sum(dim=1)
     d2 = sq_x[:, None] + sq_y[None, :] - 2.0 * (x @ y.t())
     if metric == "sqeuclidean":
         return d2.clamp(min=0.0)

@@ -200,10 +200,17 @@ def shipped_configs() -> list[Path]:
 
 
 def load(config: str | Path, overrides: Sequence[str] = ()) -> CfgNode:
-    """``utils.config.load_config`` with random initial weights (no download)."""
+    """``utils.config.load_config`` with random initial weights (no download).
+
+    A config with MSCMNet's attention chain gets one attention head: the checks' small
+    images give layer3 maps whose few token dimensions its 32 heads do not divide.
+    """
     from utils.config import load_config
 
-    return load_config(str(config), ["MODEL.PRETRAIN_PATH", "", *overrides])
+    base = ["MODEL.PRETRAIN_PATH", ""]
+    if load_config(str(config)).get("MSCMNET", {}).get("ATTENTION"):
+        base += ["MSCMNET.HEADS", "1"]
+    return load_config(str(config), [*base, *overrides])
 
 
 def small_batch(config: str | Path) -> int:
