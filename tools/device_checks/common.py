@@ -205,6 +205,10 @@ def load(config: str | Path, overrides: Sequence[str] = ()) -> CfgNode:
     A config with MSCMNet's attention chain gets one attention head: the checks' small
     images give layer3 maps whose few token dimensions its 32 heads do not divide.
     """
+    import data  # noqa: F401  (the packages add their config sections when imported)
+    import layers  # noqa: F401
+    import modeling  # noqa: F401
+    import solver  # noqa: F401
     from utils.config import load_config
 
     base = ["MODEL.PRETRAIN_PATH", ""]
