@@ -4,8 +4,8 @@ The exported graph maps ``images`` (B, 3, H, W) float32, normalised with the
 checkpoint's DATA.NORMALIZATION_MEAN / STD and resized to DATA.SIZE_TEST, and
 ``modality`` (B,) int64 (0 visible, 1 infrared) to ``features`` (B, D'): the
 test feature of the checkpoint (TEST.FEAT, TEST.VIEWS, TEST.NORM_EACH,
-TEST.PART_WEIGHTS; with TEST.FLIP the mean of the image's and its mirror's),
-exactly what ``test.py`` ranks with. TEST.NORM and TEST.DISTANCE apply when
+TEST.PART_WEIGHTS; with TEST.FLIP the sum of the image's and its mirror's, as
+``test.py`` adds them), exactly what ``test.py`` ranks with. TEST.NORM and TEST.DISTANCE apply when
 features are compared and are recorded in the file's metadata.
 
 :class:`ExportableNet` is the traceable form of ``VIReIDNet``'s eval pass:
@@ -13,7 +13,9 @@ the network routes each image to its modality's stream by indexing, which a
 trace would freeze to the example batch's split; here every modality-specific
 stream runs on the whole batch and ``torch.where`` keeps each image's own
 stream, so any batch and any mix of modalities runs through one graph (at the
-cost of running the modality-specific stages once per modality).
+cost of running the modality-specific stages once per modality). A method's
+front (``modeling.stages.FRONTS``) is exported through its ``single(img,
+modality)`` path, its evaluation output for a batch of one modality.
 
 The file is written next to ``out`` under a temporary name, run on a random
 batch of both modalities of another size than the traced one (so a batch
@@ -23,6 +25,7 @@ to ``out`` only when it matches: a failed export leaves an existing file as it w
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -37,7 +40,9 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
+from engine.inference import extract_features
 from modeling import VIReIDNet
+from modeling.stages import StageContext, run_stages
 from utils.constants import INFRARED, VISIBLE
 from utils.errors import UserError
 
@@ -54,11 +59,18 @@ class ExportableNet(nn.Module):
 
     Args:
         model: the network; put in eval mode, weights shared (not copied).
-        flip: average each image's feature with its horizontal mirror's (TEST.FLIP).
+        flip: add each image's horizontal mirror's feature to its own (TEST.FLIP).
+
+    Raises:
+        UserError: the network's front has no ``single`` path to export.
     """
 
     def __init__(self, model: VIReIDNet, flip: bool) -> None:
         super().__init__()
+        front = getattr(model, "front", None)
+        if front is not None and not callable(getattr(front, "single", None)):
+            raise UserError(f"cannot export this network: its front "
+                            f"({type(front).__name__}) has no single(img, modality) path")
         self.model = model
         self.flip = flip
         self.eval()
@@ -71,12 +83,18 @@ class ExportableNet(nn.Module):
     def _feature(self, img: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         m = self.model
         x = img
-        if m.visible is not None:
-            infrared = (modality == INFRARED).view(-1, 1, 1, 1)
+        infrared = (modality == INFRARED).view(-1, 1, 1, 1)
+        front = getattr(m, "front", None)
+        if front is not None:
+            x = torch.where(infrared, front.single(img, INFRARED), front.single(img, VISIBLE))
+        elif m.visible is not None:
             x = torch.where(infrared, m.infrared(img), m.visible(img))
-        feat = m.pool(m.shared(x))
+        ctx = StageContext()
+        if m.shared_from:
+            ctx.taps[m._front_name] = x
+        feat = m.pool(run_stages(m.shared, x, ctx))
         out = m._test_feature(feat, m.neck(feat))
-        if m.visible is None:
+        if m.visible is None and front is None:
             # One stream for both modalities: an identity on the modality keeps it an input
             # of the graph, so every exported file has the same two inputs.
             out = torch.where((modality >= 0).view(-1, 1), out, out)
@@ -86,8 +104,60 @@ class ExportableNet(nn.Module):
         """img (B, 3, H, W) float32 normalised; modality (B,) int64 -> (B, D') features."""
         out = self._feature(img, modality)
         if self.flip:
-            out = (out + self._feature(torch.flip(img, dims=[3]), modality)) / 2
+            out = out + self._feature(torch.flip(img, dims=[3]), modality)
         return out
+
+
+class PlainAttention(nn.Module):
+    """``nn.MultiheadAttention``'s eval-mode computation in plain operations.
+
+    The module's own eval path is a fused kernel with no ONNX form, and its
+    general path reshapes with the traced batch's size; this one uses the same
+    weights (shared, not copied) and keeps the batch axis free. Masks, extra key
+    and value biases, other key/value widths and zero-attention are not handled:
+    a network using them is refused.
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        unsupported = [name for name, used in (
+            ("bias_k/bias_v", mha.bias_k is not None), ("add_zero_attn", mha.add_zero_attn),
+            ("kdim/vdim", not mha._qkv_same_embed_dim)) if used]
+        if unsupported:
+            raise UserError(f"cannot export an nn.MultiheadAttention with "
+                            f"{', '.join(unsupported)}")
+        self.mha = mha
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, L, E) -> (B, heads, L, E / heads), the sizes read from ``t`` itself."""
+        return t.view(t.shape[0], t.shape[1], self.mha.num_heads, -1).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                need_weights: bool = False, **masks: Any) -> tuple[torch.Tensor, None]:
+        if need_weights or any(v is not None for v in masks.values()):
+            raise UserError("cannot export an nn.MultiheadAttention called with attention "
+                            "weights or masks")
+        m = self.mha
+        if not m.batch_first:  # (L, B, E) -> (B, L, E)
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        bias = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None,) * 3
+        heads = [self._split(torch.nn.functional.linear(t, w, b)) for t, w, b
+                 in zip((query, key, value), m.in_proj_weight.chunk(3), bias)]
+        out = torch.nn.functional.scaled_dot_product_attention(*heads)
+        out = m.out_proj(out.transpose(1, 2).flatten(2))
+        return (out if m.batch_first else out.transpose(0, 1)), None
+
+
+def plain_attention(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose ``nn.MultiheadAttention`` modules are :class:`PlainAttention`
+    (``model`` itself is left as it is; the weights are copied)."""
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.MultiheadAttention):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr,
+                    PlainAttention(module))
+    return model
 
 
 @dataclass
@@ -242,7 +312,7 @@ def export_model(cfg: CfgNode, model: VIReIDNet, out: str | os.PathLike, fmt: st
     if batch is not None and batch < 1:
         raise UserError(f"--batch {batch}: expected dynamic or a batch size >= 1")
     out = Path(out)
-    net = ExportableNet(model.cpu().float(), bool(cfg.TEST.FLIP))
+    net = ExportableNet(plain_attention(model.cpu().float()), bool(cfg.TEST.FLIP))
     # Traced with 2 images, checked with 3 (another size, both modalities): a batch axis
     # the trace froze fails the check instead of passing unnoticed.
     example = example_batch(cfg, batch or 2, seed=0)
@@ -275,13 +345,11 @@ def export_model(cfg: CfgNode, model: VIReIDNet, out: str | os.PathLike, fmt: st
 
 def reference_features(model: VIReIDNet, img: torch.Tensor, modality: torch.Tensor,
                        flip: bool) -> torch.Tensor:
-    """(B, D') features of the network itself, as the tester computes them (its own
-    routing by modality; with ``flip`` the mean with the mirror's feature)."""
-    with torch.inference_mode():
-        out = model.eval()(img, modality)
-        if flip:
-            out = (out + model(torch.flip(img, dims=[3]), modality)) / 2
-    return out
+    """(B, D') features of the network itself, as the tester computes them
+    (``engine.inference.extract_features``: its own routing by modality; with ``flip``
+    the sum with the mirror's feature)."""
+    batch = {"img": img, "modality": modality, "index": torch.arange(len(img))}
+    return extract_features(model, [batch], len(img), img.device, flip=flip, amp=False)
 
 
 def _temporary(out: Path) -> Path:

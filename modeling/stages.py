@@ -91,7 +91,10 @@ class Front:
             ``front(img, modality, part)`` -> the output of the stage before the shared
             ones, (B, C, h, w), in batch order. ``part`` (B,) is the batch part of each
             image (``data.transforms.PART_PLAIN`` / ``PART_COPY``) in training, None at
-            test time. The module's parameters need ``lr_group`` attributes.
+            test time. The module's parameters need ``lr_group`` attributes. A front
+            that can be exported (``engine.export``) also has ``single(img, modality)``
+            -> the same output when every image has the one ``modality`` (an int),
+            computed without indexing by modality.
     """
 
     build: Callable[[CfgNode, dict[str, nn.Module]], nn.Module | None]

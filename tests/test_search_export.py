@@ -14,7 +14,14 @@ from PIL import Image
 
 import engine.deploy as deploy
 from data.transforms import EvalTransform, load_image
-from engine.export import example_batch, export_model, load_torchscript, run_exported
+from engine.export import (
+    ExportableNet,
+    example_batch,
+    export_model,
+    load_torchscript,
+    run_exported,
+)
+from engine.inference import extract_features
 from modeling import build_model
 from tests.helpers import SMALL, run_script, save_random_checkpoint
 from tools import export as export_tool
@@ -22,6 +29,7 @@ from tools import extract as extract_tool
 from tools import search as search_tool
 from utils.config import config_from_ini_text, load_config
 from utils.distances import feature_distance
+from utils.errors import UserError
 from utils.io import atomic_torch_save
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -171,6 +179,11 @@ NETWORKS = {
     "deen": ["MODEL.SHARED_FROM", "1", "MODEL.DEE_BRANCHES", "2", "MODEL.DEE_AFTER", "2",
              "MODEL.MFA", "1,1,0,0", "TEST.FEAT", "pool+bn", "TEST.NORM_EACH", "yes",
              "TEST.FLIP", "yes"],
+    # A method's front (four stems, a modality's two averaged at test) and the attention
+    # chain that reads the earlier stages' maps; 64x32 gives layer3 a 4x2 map.
+    "mscmnet": ["DATA.SIZE_TRAIN", "64,32", "DATA.SIZE_TEST", "64,32", *TWO_STREAM,
+                "AGW.NON_LOCAL_BLOCKS", "0,2,1,0", "MSCMNET.FOUR_STEMS", "yes",
+                "MSCMNET.ATTENTION", "yes", "MSCMNET.HEADS", "4", "TEST.FLIP", "yes"],
 }
 
 
@@ -198,17 +211,33 @@ def test_export_matches_pytorch(name, fmt, tmp_path):
     report = export_model(cfg, model, out, fmt)
     assert report.max_abs_diff <= 1e-4 and report.path == out and out.is_file()
     # Independently of the export's own check: another batch size and modality mix, against
-    # the network as the tester calls it (TEST.FLIP: mean with the mirror's feature).
+    # the features test.py ranks with (TEST.FLIP: the sum with the mirror's feature).
     img, _ = example_batch(cfg, 5, seed=7)
     modality = torch.tensor([1, 1, 0, 1, 0])
-    with torch.inference_mode():
-        want = model.eval()(img, modality)
-        if cfg.TEST.FLIP:
-            want = (want + model(torch.flip(img, dims=[3]), modality)) / 2
+    batches = [{"img": img[:2], "modality": modality[:2], "index": torch.arange(2)},
+               {"img": img[2:], "modality": modality[2:], "index": torch.arange(2, 5)}]
+    want = extract_features(model, batches, 5, torch.device("cpu"), flip=cfg.TEST.FLIP)
+    if cfg.TEST.FLIP:
+        with torch.inference_mode():
+            plain = model.eval()(img, modality)
+        assert not torch.allclose(want, plain, atol=1e-3)
     got = run_exported(out, fmt, img, modality)
     assert got.shape == tuple(want.shape)
     assert np.abs(got - want.numpy()).max() <= 1e-4
     assert report.feature_dim == want.shape[1]
+
+
+def test_a_front_without_a_single_modality_path_is_refused_in_one_line():
+    class Front(torch.nn.Module):
+        def forward(self, img, modality, part=None):
+            return img
+
+    cfg = load_config(None, ["DATA.DATASET_NAME", "regdb", *SMALL, *TWO_STREAM])
+    model = build_model(cfg, 4)
+    model.front = Front()
+    with pytest.raises(UserError, match=r"cannot export this network: its front \(Front\) "
+                                        r"has no single\(img, modality\) path"):
+        ExportableNet(model, flip=False)
 
 
 def test_onnx_of_a_single_stream_network_keeps_the_modality_input(tmp_path):

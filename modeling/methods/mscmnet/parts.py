@@ -129,7 +129,8 @@ class ChannelTokenAttention(nn.Module):
             u = u + EARLIER_WEIGHT * v
             u = u + self.attention(v, v, u, need_weights=False)[0]
         u = u + self.mlp(self.norm_mlp(u))
-        return self.broaden(u.unflatten(2, self.size))
+        # A view that keeps the batch axis its own size (a traced unflatten fixes it).
+        return self.broaden(u.view(u.shape[0], u.shape[1], *self.size))
 
 
 def _ratio(earlier: tuple[int, int], size: tuple[int, int]) -> int | None:
@@ -246,6 +247,12 @@ class FourStemFront(nn.Module):
         self.routes = {(VISIBLE, MAIN_PART): "visible", (VISIBLE, AUX_PART): "visible_aux",
                        (INFRARED, MAIN_PART): "infrared", (INFRARED, AUX_PART): "infrared_aux"}
         self.pairs = {VISIBLE: ("visible", "visible_aux"), INFRARED: ("infrared", "infrared_aux")}
+
+    def single(self, img: torch.Tensor, modality: int) -> torch.Tensor:
+        """The evaluation output for a batch whose images all have ``modality``: the
+        mean of that modality's two stems, without indexing (so a trace keeps any batch)."""
+        first, second = self.pairs[modality]
+        return (getattr(self, first)(img) + getattr(self, second)(img)) / 2
 
     def forward(self, img: torch.Tensor, modality: torch.Tensor,
                 part: torch.Tensor | None = None) -> torch.Tensor:
