@@ -12,11 +12,11 @@ from engine.launch import script_parser, train_main
 from utils.errors import cli_entry
 
 EXAMPLES = (
-    "python train.py --config configs/caj_llcm.ini DATA.ROOT /data/LLCM",
-    "python train.py --config configs/agw_llcm.ini DATA.ROOT /data/LLCM DATA.VAL_IDS "
+    "python train.py --config configs/caj/llcm.ini DATA.ROOT /data/LLCM",
+    "python train.py --config configs/agw/llcm.ini DATA.ROOT /data/LLCM DATA.VAL_IDS "
     "40 TRAIN.SELECT val",
-    "python train.py --config configs/agw_regdb.ini DATA.ROOT /data/RegDB --trial 1,2",
-    "torchrun --nproc_per_node=4 train.py --config configs/agw_sysumm.ini TRAIN.SYNC_BN yes",
+    "python train.py --config configs/agw/regdb.ini DATA.ROOT /data/RegDB --trial 1,2",
+    "torchrun --nproc_per_node=4 train.py --config configs/agw/sysumm.ini TRAIN.SYNC_BN yes",
 )
 
 

@@ -9,8 +9,8 @@ from engine.launch import script_parser, train_main
 from utils.errors import cli_entry
 
 EXAMPLES = (
-    "python train_llcm.py --config configs/agw_llcm.ini DATA.ROOT /data/LLCM",
-    "python train_llcm.py --config configs/deen_llcm.ini DATA.ROOT /data/LLCM "
+    "python train_llcm.py --config configs/agw/llcm.ini DATA.ROOT /data/LLCM",
+    "python train_llcm.py --config configs/deen/llcm.ini DATA.ROOT /data/LLCM "
     "TRAIN.SELECT val DATA.VAL_IDS 40",
 )
 

@@ -110,6 +110,10 @@ def test_entry_point_help_lists_examples_that_parse_in_both_spellings(script):
         argv = tokens[next(i for i, t in enumerate(tokens) if t.endswith(".py")) + 1:]
         underscored = [underscore(t) if t.startswith("--") else t for t in argv]
         assert parser.parse_args(underscored) == parser.parse_args(argv), example
+        # Every recipe an example names is one of the repository's.
+        for token in argv:
+            if token.startswith("configs/") and token.endswith(".ini"):
+                assert (REPO / token).is_file(), f"{script}: {example} names a missing {token}"
     for action in parser._actions:
         for flag in action.option_strings:
             if flag.startswith("--") and "_" in flag:

@@ -94,10 +94,11 @@ def main() -> int:
     sections += ["## Learning guard (the engine vs a bare loop of the same recipe, synthetic "
                  "RegDB, 30 training ids, 128x64)\n", bench_learning.markdown(guard), ""]
     print("paper recipes ...", flush=True)
-    recipes = ["deen/regdb", "agw/regdb"]
+    recipes = list(bench_recipes.RECIPES)
     check = bench_recipes.compare(recipes, seeds=2, steps=30 if args.quick else 300)
-    sections += ["## Paper recipes at reduced size (DEEN vs AGW as configured, ResNet-18 from "
-                 "scratch, 64x32, synthetic RegDB)\n", bench_recipes.markdown(check, recipes),
+    sections += ["## Paper recipes at reduced size (AGW, CAJ, DEEN and MSCMNet as configured, "
+                 "ResNet-18 from scratch, 64x32, synthetic RegDB)\n",
+                 bench_recipes.markdown(check, recipes),
                  ""]
     sections.append(f"Total benchmark time: {(time.time() - start) / 60:.1f} min.\n")
     text = "\n".join(sections)

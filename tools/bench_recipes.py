@@ -1,7 +1,7 @@
-"""Learning check of the paper recipes: DEEN, MSCMNet and AGW as configured, at reduced size.
+"""Learning check of the paper recipes: AGW, CAJ, DEEN and MSCMNet as configured, at reduced size.
 
-The configs (``configs/deen/regdb.ini``, ``configs/agw/regdb.ini``,
-``configs/mscmnet/regdb.ini``, ...) train on the
+The configs (``configs/agw/regdb.ini``, ``configs/caj/regdb.ini``,
+``configs/deen/regdb.ini``, ``configs/mscmnet/regdb.ini``, ...) train on the
 project's synthetic RegDB with everything that makes them what they are
 (network, losses, batch shape, augmentations, optimizer groups, per-epoch
 warmup, test feature) and only these reductions, the same for all: a
@@ -13,7 +13,7 @@ MSCMNet's attention blocks built for the 4x2 layer3 map with 1 head of 8 dims),
 and sample std of R1 visible->thermal (trial 1) over ``--seeds`` seeds.
 
     python tools/bench_recipes.py [--seeds 2] [--steps 300]
-                                  [--recipes deen/regdb agw/regdb mscmnet/regdb]
+                                  [--recipes agw/regdb caj/regdb deen/regdb mscmnet/regdb]
                                   [--set KEY VALUE ...]
 
 ``--set KEY VALUE`` (repeatable) changes every recipe before it is reduced, an
@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 ITERS = 15  # steps per (reduced) epoch
 SIZE = (64, 32)  # reduced input (height, width)
 RESNET_STRIDES = (4, 1, 2, 2, 1)  # stem, layer1..layer4 (LAST_STRIDE 1)
+RECIPES = ("agw/regdb", "caj/regdb", "deen/regdb", "mscmnet/regdb")
 
 
 def attention_heads(size: tuple[int, int], published: int = 32) -> int:
@@ -130,15 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="tools/bench_recipes.py", description=__doc__.splitlines()[0],
         examples=[
-            "python tools/bench_recipes.py --recipes deen_regdb agw_regdb --seeds 2",
+            "python tools/bench_recipes.py --recipes deen/regdb agw/regdb --seeds 2",
             "python tools/bench_recipes.py --recipes mscmnet/regdb agw/regdb --seeds 2",
-            "python tools/bench_recipes.py --recipes deen_regdb --set TRAIN.STEPS '20, 50' "
+            "python tools/bench_recipes.py --recipes deen/regdb --set TRAIN.STEPS '20, 50' "
             "--set TRAIN.MAX_EPOCHS 81",
         ])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--recipes", nargs="+",
-                        default=["deen/regdb", "mscmnet/regdb", "agw/regdb"])
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
     parser.add_argument("--set", nargs=2, action="append", default=[],
                         metavar=("KEY", "VALUE"),
                         help="change every recipe before the reduction (repeatable)")

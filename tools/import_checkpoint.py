@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tools/import_checkpoint.py",
         examples=[
             "python tools/import_checkpoint.py --from agw agw_sysu.t --config "
-            "configs/agw_sysumm.ini --out output/published/agw_sysumm.pth",
+            "configs/agw/sysumm.ini --out output/published/agw_sysumm.pth",
             "python tools/import_checkpoint.py --from deen regdb_deen_trial_3_best.t --config "
-            "configs/deen_regdb.ini --out output/published/deen_regdb_trial_3.pth DATA.TRIAL 3",
+            "configs/deen/regdb.ini --out output/published/deen_regdb_trial_3.pth DATA.TRIAL 3",
             "python tools/import_checkpoint.py --from mscmnet "
             "sysu_mscm_p4_n6_lr_0.1_seed_0_best.t --config configs/mscmnet/sysumm.ini "
             "--out output/published/mscmnet_sysumm.pth",
