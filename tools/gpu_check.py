@@ -10,7 +10,7 @@ and prints a table.
 
 Checks (``tools/device_checks``; sizes in ``common.GPU_PLAN``):
 
-- ``fp32_agreement[<config>]``: every ``configs/*.ini``, eval-mode features of
+- ``fp32_agreement[<config>]``: every recipe of ``configs/``, eval-mode features of
   4 images at 128x64, CPU vs CUDA in fp32 with TF32 off: relative L2 error <= 1e-4.
 - ``training[<config>,<precision>]``: every config, the first 30 iterations of
   its schedule at 64x32 in bf16, fp16 (grad scaler, TRAIN.AMP_DTYPE fp16) and

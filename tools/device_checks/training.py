@@ -41,6 +41,13 @@ def fp32_agreement(ctx: Context, config: Path) -> Figures:
 
     plan = ctx.plan
     h, w = plan.agree_size
+    attention = bool(load(config).get("MSCMNET", {}).get("ATTENTION"))
+    if attention:
+        # MSCMNet's attention normalises each channel over layer3's positions: over the 2
+        # of a 32x16 input that is nearly a sign, and float rounding grows about 4x per
+        # block (1e-6 at layer3, 1e-3 after the four blocks, in either memory format);
+        # from 64x32 (8 positions) the features agree to 2e-6.
+        h, w = max(h, 64), max(w, 32)
     # The network is built for the size it is given (MSCMNet's attention is sized by it).
     size = f"{h},{w}"
     cfg = load(config, ["MODEL.DEVICE", "cpu", "DATA.SIZE_TRAIN", size, "DATA.SIZE_TEST", size])
@@ -57,10 +64,7 @@ def fp32_agreement(ctx: Context, config: Path) -> Figures:
     with no_tf32(), torch.no_grad():
         out = moved(img.to(ctx.device).contiguous(memory_format=fmt), modality.to(ctx.device))
     err = rel_l2(out, reference)
-    # MSCMNet's attention with the one head the checks' small maps allow (``load``)
-    # amplifies float rounding: 8.3e-4 between the CPU's two memory formats at 32x16.
-    attention = bool(cfg.get("MSCMNET", {}).get("ATTENTION"))
-    tol = max(plan.agree_tol, 1e-3) if attention else plan.agree_tol
+    tol = plan.agree_tol
     figures: Figures = {"dataset": cfg.DATA.DATASET_NAME, "model": cfg.MODEL.NAME,
                         "input": f"{b}x3x{h}x{w}", "feature_dim": int(reference.shape[1]),
                         "channels_last": bool(cfg.TRAIN.CHANNELS_LAST), "rel_l2": err,
