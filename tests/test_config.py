@@ -169,7 +169,8 @@ def test_written_config_round_trips(tmp_path):
     assert again.TRAIN.STEPS == ()
 
 
-@pytest.mark.parametrize("ini", sorted((REPO / "configs").glob("*.ini")), ids=lambda p: p.name)
+@pytest.mark.parametrize("ini", sorted((REPO / "configs").rglob("*.ini")),
+                         ids=lambda p: p.relative_to(REPO / "configs").as_posix())
 def test_shipped_configs_load(ini):
     cfg = load_config(ini)
     assert cfg.DATA.ROOT == ""  # never a hard-coded dataset path

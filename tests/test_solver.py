@@ -13,8 +13,10 @@ from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 # Every shipped config but the demo's (which is built by tests/test_demo.py).
-CONFIGS = tuple(sorted(p.stem for p in (REPO / "configs").glob("*.ini")
-                       if p.stem != "demo_synthetic"))
+# Every paper recipe: configs/<method>/<dataset>.ini (the method's base file is
+# configs/<method>/<method>.ini), named "<method>/<dataset>".
+CONFIGS = tuple(sorted(f"{p.parent.name}/{p.stem}" for p in (REPO / "configs").glob("*/*.ini")
+                       if p.stem != p.parent.name))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -145,27 +147,40 @@ def test_nesterov_needs_momentum():
         build_all(small_cfg("TRAIN.OPTIMIZER", "sgd", "TRAIN.MOMENTUM", "0"))
 
 
+def test_every_method_has_its_recipes():
+    assert {n.split("/")[0] for n in CONFIGS} == {"agw", "caj", "deen", "mscmnet", "res50"}
+    assert len(CONFIGS) == 14
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_configs_build(name):
+    method, dataset = name.split("/")
     cfg = load_config(REPO / "configs" / f"{name}.ini", ["MODEL.PRETRAIN_PATH", ""])
-    assert cfg.TRAIN.OUTPUT_PATH == f"./output/{name}"
+    suffix = "_all" if method == "res50" else ""
+    assert cfg.TRAIN.OUTPUT_PATH == f"./output/{method}_{dataset}{suffix}"
+    assert cfg.DATA.DATASET_NAME == dataset
     assert cfg.MODEL.NAME == "resnet50" and cfg.DATA.ROOT == ""
     with torch.device("meta"):  # shapes only: nothing allocated
         model = build_model(cfg, 206)
     criterion = build_criterion(cfg, 206, model.feat_dim)
     build_scheduler(cfg, build_optimizer(cfg, model, criterion), iters_per_epoch=100)
-    source = name.startswith("res50")
+    source = method == "res50"
     assert cfg.MODEL.SHARED_FROM == (0 if source else 1)
     assert (model.heads is not None) == source
+    assert (getattr(model, "front", None) is not None) == (method == "mscmnet")
     if source:
         assert cfg.TRAIN.OPTIMIZER == "adam" and cfg.TRAIN.STEPS == ()
-        assert cfg.LOSS.MARGIN == (0.2 if "regdb" in name else 0.3)
-    elif name.startswith("deen"):
-        assert cfg.MODEL.DEE_BRANCHES == 2 and cfg.TRAIN.STEPS == (20, 80)
-        assert cfg.MODEL.LAST_STAGE == (3 if "regdb" in name else 4)
+        assert cfg.LOSS.MARGIN == (0.2 if dataset == "regdb" else 0.3)
+    elif method == "deen":
+        assert cfg.DEEN.BRANCHES == 2 and cfg.TRAIN.STEPS == (20, 80)
+        assert cfg.MODEL.LAST_STAGE == (3 if dataset == "regdb" else 4)
+    elif method == "mscmnet":
+        assert cfg.AGW.NON_LOCAL_BLOCKS == (0, 2, 3, 0)
+        assert cfg.TRAIN.STEPS == (25, 90, 120) and cfg.TRAIN.MAX_EPOCHS == 150
+        assert cfg.DATA.VISIBLE_COPY and cfg.DATA.INFRARED_COPY
     else:
-        assert cfg.MODEL.NON_LOCAL_BLOCKS == (0, 2, 3, 0) and cfg.TRAIN.STEPS == (20, 50)
-        assert cfg.DATA.VISIBLE_COPY == name.startswith("caj")
+        assert cfg.AGW.NON_LOCAL_BLOCKS == (0, 2, 3, 0) and cfg.TRAIN.STEPS == (20, 50)
+        assert cfg.DATA.VISIBLE_COPY == (method == "caj")
     assert (cfg.TRAIN.SELECT, cfg.TRAIN.SEED) == ("last", 0 if not source else 2019)
     assert load_config(REPO / "configs" / f"{name}.ini").MODEL.PRETRAIN_PATH == "imagenet"
 
