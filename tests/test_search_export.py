@@ -16,6 +16,7 @@ import engine.deploy as deploy
 from data.transforms import EvalTransform, load_image
 from engine.export import (
     ExportableNet,
+    PlainAttention,
     example_batch,
     export_model,
     load_torchscript,
@@ -238,6 +239,21 @@ def test_a_front_without_a_single_modality_path_is_refused_in_one_line():
     with pytest.raises(UserError, match=r"cannot export this network: its front \(Front\) "
                                         r"has no single\(img, modality\) path"):
         ExportableNet(model, flip=False)
+
+
+def test_plain_attention_equals_the_module_and_refuses_what_it_does_not_compute():
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    q, v = torch.randn(3, 5, 8), torch.randn(3, 5, 8)
+    with torch.no_grad():
+        want = mha(q, q, v, need_weights=False)[0]
+        got = PlainAttention(mha)(q, q, v, need_weights=False)[0]
+    assert torch.allclose(got, want, atol=1e-6)
+    mask = torch.zeros(5, 5, dtype=torch.bool)
+    with pytest.raises(UserError, match="called with attention weights or masks"):
+        PlainAttention(mha)(q, q, v, attn_mask=mask)
+    with pytest.raises(UserError, match="with bias_k/bias_v"):
+        PlainAttention(torch.nn.MultiheadAttention(8, 2, add_bias_kv=True))
 
 
 def test_onnx_of_a_single_stream_network_keeps_the_modality_input(tmp_path):

@@ -64,15 +64,14 @@ def fp32_agreement(ctx: Context, config: Path) -> Figures:
     with no_tf32(), torch.no_grad():
         out = moved(img.to(ctx.device).contiguous(memory_format=fmt), modality.to(ctx.device))
     err = rel_l2(out, reference)
-    tol = plan.agree_tol
     figures: Figures = {"dataset": cfg.DATA.DATASET_NAME, "model": cfg.MODEL.NAME,
                         "input": f"{b}x3x{h}x{w}", "feature_dim": int(reference.shape[1]),
                         "channels_last": bool(cfg.TRAIN.CHANNELS_LAST), "rel_l2": err,
-                        "tolerance": tol}
+                        "tolerance": plan.agree_tol}
     require(figures, tuple(out.shape) == tuple(reference.shape),
             f"feature shape {tuple(out.shape)} vs {tuple(reference.shape)}")
-    require(figures, math.isfinite(err) and err <= tol,
-            f"relative L2 error {err:.3e} above {tol:.0e}")
+    require(figures, math.isfinite(err) and err <= plan.agree_tol,
+            f"relative L2 error {err:.3e} above {plan.agree_tol:.0e}")
     return figures
 
 

@@ -15,6 +15,7 @@ Line numbers refer to the published ``model.py`` / ``loss.py`` at commit 5b5f874
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -264,17 +265,16 @@ class FourStemFront(nn.Module):
             if part is None or part.shape != modality.shape:
                 raise ValueError("training needs the part (main or auxiliary view) of each "
                                  f"image as a ({img.shape[0]},) tensor")
-            groups = [((modality == m) & (part == p), (name,))
+            groups = [((modality == m) & (part == p), getattr(self, name))
                       for (m, p), name in self.routes.items()]
         else:
-            groups = [(modality == m, names) for m, names in self.pairs.items()]
+            groups = [(modality == m, functools.partial(self.single, modality=m))
+                      for m in self.pairs]
         outs, order = [], []
-        for mask, names in groups:
+        for mask, stem in groups:
             idx = torch.nonzero(mask).squeeze(1)
             if idx.numel():
-                x = img.index_select(0, idx)
-                y = getattr(self, names[0])(x)
-                outs.append(y if len(names) == 1 else (y + getattr(self, names[1])(x)) / 2)
+                outs.append(stem(img.index_select(0, idx)))
                 order.append(idx)
         if sum(len(i) for i in order) != img.shape[0]:
             raise ValueError(f"modality ids must be {VISIBLE} or {INFRARED} and parts "
